@@ -1,0 +1,143 @@
+"""Base configuration shared by every experiment; experiment files override it.
+
+Public names (scripts rely on them): config.data.name, config.data.path,
+config.policy.num_steps (T), config.training.num_iters, config.training.batch_size,
+config.training.seed, config.training.checkpoint_every, config.dxmi.tau1,
+config.dxmi.tau2, config.dxmi.gamma.
+
+Optional integers use -1 for "unset" (ConfigDict fields are typed; a string or
+None cannot replace an int from the command line).
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.experiment = "base"
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "8gaussians"        # 8gaussians | 2spirals | checkerboard | npy | cifar10 | imagenet64 | lsun | digits | ...
+  c.data.path = ""                  # npy file (vector data) or image folder
+  c.data.tfds_data_dir = ""         # tfds data_dir ("" = tfds default)
+  c.data.image_size = 0             # 0 for vector data
+  c.data.channels = 0
+  c.data.random_flip = False
+  c.data.class_cond = False
+  c.data.num_classes = 0
+  c.data.preprocessing = "adm_center_crop"
+  c.data.num_workers = 8
+
+  # -------------------------------------------------------------- policy
+  c.policy = ml_collections.ConfigDict()
+  c.policy.kind = "var"             # var | edm | residual
+  c.policy.num_steps = 5            # T
+  c.policy.trainable_sigma = "fix_last"
+  c.policy.sigma_min = 0.002        # edm
+  c.policy.sigma_max = 80.0         # edm
+  c.policy.rho = 7.0                # edm
+  c.policy.stochastic_last = False  # edm
+  c.policy.sigma_data = 0.5         # edm
+  c.policy.net = ml_collections.ConfigDict()
+  c.policy.net.arch = "mlp"         # the remaining keys are the arch's constructor fields
+  c.policy.net.out_dim = 2
+  c.policy.net.hidden = (128, 128, 128)
+  c.policy.net.time_scale = 1.0 / 1000.0
+  c.policy.net.time_embed_dim = 32
+  c.policy.net.dtype = "float32"
+
+  # ------------------------------------------------------ value / energy
+  c.value = ml_collections.ConfigDict()
+  c.value.arch = "mlp"
+  c.value.out_dim = 1
+  c.value.hidden = (128, 128, 128)
+  c.value.time_scale = -1.0        # mlp: < 0 means 1/T (time-dependent value sees t / T)
+  c.value.time_embed_dim = 0
+  c.value.dtype = "float32"
+
+  c.energy = ml_collections.ConfigDict()  # only used when dxmi.separate_energy
+  c.energy.arch = "mlp"
+  c.energy.out_dim = 1
+  c.energy.hidden = (128, 128, 128)
+  c.energy.time_scale = 0.0
+  c.energy.time_embed_dim = 0
+  c.energy.dtype = "float32"
+
+  # ------------------------------------------------------ DxMI algorithm
+  c.dxmi = ml_collections.ConfigDict()
+  c.dxmi.tau1 = 0.1                 # entropy weight
+  c.dxmi.tau2 = 0.01                # velocity weight
+  c.dxmi.gamma = 1.0                # energy square penalty
+  c.dxmi.adavelreg = 0.99           # AVR EMA factor; < 0 disables AVR
+  c.dxmi.time_cost_sig = 1.0
+  c.dxmi.time_cost_center = -1      # -1: T // 2
+  c.dxmi.time_cost = 0.0
+  c.dxmi.velocity_in_value = -1     # -1: off
+  c.dxmi.entropy_in_value = -1      # -1: off
+  c.dxmi.skip_sampler_tau = 0
+  c.dxmi.policy_minibatches = 1     # 1: CIFAR trainer; T: ImageNet trainer (every transition)
+  c.dxmi.value_resample = False
+  c.dxmi.policy_train_mode = True   # dropout on in the policy update (CIFAR)
+  c.dxmi.separate_energy = False    # anomaly-detection trainer (reference §2 EV)
+
+  # ----------------------------------------------------------- optimisers
+  c.optim = ml_collections.ConfigDict()
+  c.optim.policy = "adam"           # adam | radam | sgd
+  c.optim.policy_lr = 1e-7
+  c.optim.policy_sigma_lr = 1e-5    # log-sigmas (official beta_lr)
+  c.optim.policy_grad_clip = 0.1    # <= 0: none
+  c.optim.value = "adam"
+  c.optim.value_lr = 1e-5
+  c.optim.value_grad_clip = 0.0     # TD steps; <= 0: none
+  c.optim.energy = "adam"
+  c.optim.energy_lr = 1e-5
+  c.optim.energy_grad_clip = 0.0    # <= 0: none
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+
+  # ------------------------------------------------------------ training
+  c.training = ml_collections.ConfigDict()
+  c.training.num_iters = 2000
+  c.training.batch_size = 512       # global
+  c.training.seed = 0
+  c.training.log_every = 100
+  c.training.checkpoint_every = 1000
+  c.training.keep_checkpoints = 3
+  c.training.eval_every = 0         # 0: evaluate only at the end
+  c.training.best_metric = ""       # e.g. "fid_proxy_5000"; "" keeps no best checkpoint
+  c.training.max_consecutive_skips = 10
+  c.training.async_checkpoints = True
+
+  # --------------------------------------------- initialisation / resume
+  c.init = ml_collections.ConfigDict()
+  c.init.policy_checkpoint = ""     # .pt/.pth (converted on the fly), Orbax dir, or a dxmi-jax workdir
+  c.init.value_checkpoint = ""
+
+  # ------------------------------------------------------------ pretrain
+  c.pretrain = ml_collections.ConfigDict()   # DDPM epsilon-prediction pretraining (--mode=pretrain)
+  c.pretrain.num_iters = 20000
+  c.pretrain.batch_size = 512
+  c.pretrain.lr = 1e-3
+  c.pretrain.warmup = 200
+  c.pretrain.ema = 0.999
+
+  # -------------------------------------------------------------- sample
+  c.sample = ml_collections.ConfigDict()
+  c.sample.num = 10000
+  c.sample.batch_size = 1000
+  c.sample.labels = ""              # "" random labels; "3" or "1,2,3" fixed labels (class-conditional)
+  c.sample.guidance_scale = 0.0
+  c.sample.rounding = "round"       # image export: round | truncate
+  c.sample.seed = 0
+
+  # ---------------------------------------------------------------- eval
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 10000
+  c.eval.sw_projections = 1000
+  c.eval.noise_low = -4.0
+  c.eval.noise_high = 4.0
+  c.eval.inception_weights = ""
+  c.eval.reference_stats = ""
+  c.eval.fid_num_samples = 5000
+  return c

@@ -1,0 +1,446 @@
+"""PyTorch state_dict <-> Flax params for the official DxMI networks, and Orbax export.
+
+Public API (architectures: "ddpm_unet", "adm_unet", "igebm"; keyword overrides
+select the architecture's config, see ``dxmi_jax.models.registry``)::
+
+  model, params = from_torch(path, arch, **overrides)
+  model, params, extras = from_torch_with_extras(path, arch, **overrides)
+  to_torch(params, arch, path, extras=None, **overrides)
+  model, params, extras = load_pretrained(path_or_dir, arch, **overrides)
+  save_pretrained(out_dir, arch, params, extras=None, **overrides)   # Orbax + JSON
+  python -m dxmi_jax.convert --arch=adm_unet --in=x.pt --out=DIR [--override key=value ...]
+
+``params`` is the Flax param tree (``model.apply({"params": params}, x_nhwc, t, y)``
+reproduces the official forward).  Tensors that DxMI's samplers register on the
+network but that its forward never reads (``log_betas``, the trainable log noise
+std, and VAR's ``std`` buffer) are *extras*: ``from_torch`` drops them so that
+``model, params = from_torch(...)`` stays a plain pair, and
+``from_torch_with_extras`` / ``load_pretrained`` return them as a third value,
+a dict {name: float32 array} (empty for a pretrained backbone).
+
+Key mapping.  Flax submodule names mirror the torch module paths (the ADM
+``input_blocks_3_1/qkv`` is ``input_blocks.3.1.qkv``), so a small per-arch rename
+table maps every Flax leaf to one torch key; conv kernels are transposed
+(O, I, kH, kW) <-> (kH, kW, I, O), Linear weights (out, in) <-> (in, out), and
+GroupNorm ``weight``/``bias``, Embedding ``weight`` map to ``scale``/``bias``,
+``embedding``.  Accepted wrappers: bare state_dicts, ``{"state_dict"|"model"|"ema"|"net": ...}``
+(``load_torch_state_dict``), leading ``module.`` (DDP) and ``net.``
+(``TimeIndependentValue``) prefixes; float16 tensors (DxMI's fp16 torso) are
+upcast exactly.  Loading is strict: any missing, unexpected or mis-shaped key
+raises ``CheckpointError`` listing them with both shapes.
+
+Torch is optional (extra ``[convert]``): it is imported lazily, and only the
+functions that read or write ``.pt``/``.pth`` files need it.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from dxmi_jax.models import registry
+
+
+class CheckpointError(ValueError):
+  """A checkpoint file is missing, unreadable, or does not fit an architecture."""
+
+
+def _import_torch():
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError as e:  # pragma: no cover - exercised only without torch
+    raise ImportError(
+        "Reading PyTorch checkpoints needs torch: pip install -e '.[convert]' "
+        "(it pins the CPU wheel torch==2.13.0).") from e
+  return torch
+
+
+_WRAPPER_KEYS = ("state_dict", "model", "ema", "net")
+
+
+def load_torch_state_dict(path: str) -> Tuple["collections.OrderedDict[str, np.ndarray]", Dict]:
+  """Reads a .pt/.pth file into an ordered {key: float32/int numpy array} dict.
+
+  Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and upcasts
+  float16/bfloat16 tensors to float32 (exact).  Returns (state_dict, extras)
+  where extras holds the non-tensor entries of the wrapper (e.g. "fid",
+  "epoch").  Key prefixes are left alone; architecture-specific prefix handling
+  (``module.``, ``net.``) belongs to the converters.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"checkpoint file not found: {path}")
+  torch = _import_torch()
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # noqa: BLE001 - torch.load's unpicklers raise many types
+    # (RuntimeError, EOFError, UnpicklingError, IndexError, zipfile.BadZipFile, ...)
+    raise CheckpointError(
+        f"{path} is not a readable PyTorch checkpoint (truncated or not a "
+        f"torch.save file): {type(e).__name__}: {e}") from e
+  extras = {}
+  for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
+    if isinstance(obj, dict) and not _is_tensor_dict(obj, torch):
+      inner = next((k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+      if inner is None:
+        break
+      extras.update({k: v for k, v in obj.items() if k != inner and not isinstance(v, dict)})
+      obj = obj[inner]
+  if not isinstance(obj, dict) or not obj or not _is_tensor_dict(obj, torch):
+    raise CheckpointError(
+        f"{path} holds no state_dict (expected a dict of tensors, optionally under "
+        f"'state_dict' or 'model'; found {type(obj).__name__})")
+  out = collections.OrderedDict()
+  for k, v in obj.items():
+    if not isinstance(v, torch.Tensor):
+      continue
+    if v.is_floating_point():
+      v = v.float()
+    out[k] = v.detach().cpu().numpy()
+  return out, extras
+
+
+def _is_tensor_dict(d, torch) -> bool:
+  return any(isinstance(v, torch.Tensor) for v in d.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Key mapping (torch-free).
+# ----------------------------------------------------------------------------------------------
+
+# Tensors the samplers register on the network that its forward does not use.
+_EXTRA_KEYS = {"ddpm_unet": ("log_betas", "std"), "adm_unet": ("log_betas",), "igebm": ()}
+# Prefix the official code adds to the saved keys (TimeIndependentValue.net).
+_SAVE_PREFIX = {"ddpm_unet": "", "adm_unet": "", "igebm": "net."}
+_STRIP_PREFIXES = ("module.", "net.")
+_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+_DIGITS = (re.compile(r"_(\d+)"), r".\1")  # input_blocks_3_1 -> input_blocks.3.1
+_DDPM_RULES = (
+    (re.compile(r"^temb_dense_(\d+)$"), r"temb.dense.\1"),
+    (re.compile(r"^(down|up)_(\d+)_(block|attn)_(\d+)$"), r"\1.\2.\3.\4"),
+    (re.compile(r"^(down|up)_(\d+)_(downsample|upsample)$"), r"\1.\2.\3"),
+    (re.compile(r"^mid_(\w+)$"), r"mid.\1"),
+)
+
+
+def _arch_check(arch: str) -> None:
+  if arch not in _EXTRA_KEYS:
+    raise ValueError(f"convert: unknown arch {arch!r}; expected one of {sorted(_EXTRA_KEYS)}")
+
+
+def torch_key(arch: str, flax_path: Sequence[str]) -> str:
+  """The official state_dict key (without save prefix) of one Flax param path."""
+  *mods, leaf = flax_path
+  if arch == "ddpm_unet":
+    head = mods[0]
+    for pat, rep in _DDPM_RULES:
+      if pat.match(head):
+        head = pat.sub(rep, head)
+        break
+    mods = [head] + list(mods[1:])
+  else:
+    mods = [_DIGITS[0].sub(_DIGITS[1], m) for m in mods]
+  return ".".join(mods + [_LEAF[leaf]])
+
+
+def _to_flax(leaf: str, v: np.ndarray) -> np.ndarray:
+  if leaf == "kernel":
+    return v.transpose(2, 3, 1, 0) if v.ndim == 4 else v.T
+  return v
+
+
+def _to_torch(leaf: str, v: np.ndarray) -> np.ndarray:
+  if leaf == "kernel":
+    return v.transpose(3, 2, 0, 1) if v.ndim == 4 else v.T
+  return v
+
+
+def _flax_shape_to_torch(leaf: str, shape) -> Tuple[int, ...]:
+  return tuple(_to_torch(leaf, np.empty(shape, np.uint8)).shape)
+
+
+def _expected(arch: str, cfg) -> "collections.OrderedDict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]":
+  """{torch key: (flax path, torch-layout shape)} of ``arch`` under ``cfg``."""
+  shapes = traverse_util.flatten_dict(registry.param_shapes(arch, cfg))
+  out = collections.OrderedDict()
+  for path, sds in shapes.items():
+    out[torch_key(arch, path)] = (path, _flax_shape_to_torch(path[-1], sds.shape))
+  return out
+
+
+def expected_state_dict_shapes(arch: str, cfg=None) -> Dict[str, Tuple[int, ...]]:
+  """{saved torch key: torch-layout shape} of the network weights (no extras); cheap."""
+  _arch_check(arch)
+  pre = _SAVE_PREFIX[arch]
+  return {pre + k: shp for k, (_, shp) in _expected(arch, registry.resolve_config(arch, cfg)).items()}
+
+
+def _strip_prefixes(sd: Mapping[str, Any]) -> Dict[str, Any]:
+  """Removes ``module.`` / ``net.`` while every key carries it."""
+  sd = dict(sd)
+  changed = True
+  while changed and sd:
+    changed = False
+    for pre in _STRIP_PREFIXES:
+      if all(k.startswith(pre) for k in sd):
+        sd = {k[len(pre):]: v for k, v in sd.items()}
+        changed = True
+  return sd
+
+
+def _fmt(shape) -> str:
+  return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _mismatch_report(what: str, missing, unexpected, misshaped, n: int = 5,
+                     side: str = "checkpoint") -> str:
+  parts = [what]
+  if missing:
+    parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:n])
+                 + (" ..." if len(missing) > n else ""))
+  if unexpected:
+    parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:n])
+                 + (" ..." if len(unexpected) > n else ""))
+  if misshaped:
+    parts.append(f"{len(misshaped)} mis-shaped key(s): " + ", ".join(
+        f"{k} {side} {_fmt(a)} vs model {_fmt(b)}" for k, a, b in misshaped[:n])
+                 + (" ..." if len(misshaped) > n else ""))
+  return "\n  ".join(parts)
+
+
+def state_dict_to_params(sd: Mapping[str, np.ndarray], arch: str, cfg=None, *,
+                         source: str = "state_dict") -> Tuple[dict, Dict[str, np.ndarray]]:
+  """Official-layout state_dict (numpy) -> (Flax params, extras); strict.
+
+  ``cfg`` is a config mapping for ``arch`` (missing keys take the defaults).
+  """
+  _arch_check(arch)
+  cfg = registry.resolve_config(arch, cfg)
+  sd = _strip_prefixes(sd)
+  expected = _expected(arch, cfg)
+  extras = {k: np.asarray(sd[k], np.float32) for k in _EXTRA_KEYS[arch] if k in sd}
+  missing = [k for k in expected if k not in sd]
+  unexpected = [k for k in sd if k not in expected and k not in extras]
+  misshaped = [(k, tuple(np.shape(sd[k])), shp) for k, (_, shp) in expected.items()
+               if k in sd and tuple(np.shape(sd[k])) != shp]
+  if missing or unexpected or misshaped:
+    raise CheckpointError(_mismatch_report(
+        f"{source} does not fit arch {arch!r} with config "
+        f"{registry.config_to_json_dict(cfg)} (pass the architecture as overrides):",
+        missing, unexpected, misshaped))
+  flat = {path: np.asarray(_to_flax(path[-1], np.asarray(sd[k])), np.float32)
+          for k, (path, _) in expected.items()}
+  return traverse_util.unflatten_dict(flat), extras
+
+
+def params_to_state_dict(params, arch: str, cfg=None, extras: Optional[Mapping] = None
+                         ) -> "collections.OrderedDict[str, np.ndarray]":
+  """Flax params (+ extras) -> official-layout float32 state_dict (numpy), saved key prefix included."""
+  _arch_check(arch)
+  cfg = registry.resolve_config(arch, cfg)
+  expected = _expected(arch, cfg)
+  flat = traverse_util.flatten_dict(dict(params))
+  by_key = {torch_key(arch, p): (p, v) for p, v in flat.items()}
+  missing = [k for k in expected if k not in by_key]
+  unexpected = [k for k in by_key if k not in expected]
+  misshaped = [(k, _flax_shape_to_torch(p[-1], np.shape(v)), expected[k][1])
+               for k, (p, v) in by_key.items()
+               if k in expected and _flax_shape_to_torch(p[-1], np.shape(v)) != expected[k][1]]
+  if missing or unexpected or misshaped:
+    pre = _SAVE_PREFIX[arch]
+    raise CheckpointError(_mismatch_report(
+        f"params do not fit arch {arch!r} with config {registry.config_to_json_dict(cfg)}:",
+        [pre + k for k in missing], [pre + k for k in unexpected],
+        [(pre + k, a, b) for k, a, b in misshaped], side="params"))
+  extras = dict(extras or {})
+  bad = sorted(set(extras) - set(_EXTRA_KEYS[arch]))
+  if bad:
+    raise CheckpointError(f"extras {bad} are not saved with arch {arch!r} "
+                          f"(allowed: {list(_EXTRA_KEYS[arch])})")
+  pre = _SAVE_PREFIX[arch]
+  out = collections.OrderedDict()
+  for k in _EXTRA_KEYS[arch]:
+    if k in extras:
+      out[pre + k] = np.asarray(extras[k], np.float32)
+  for k in expected:
+    p, v = by_key[k]
+    out[pre + k] = np.ascontiguousarray(_to_torch(p[-1], np.asarray(v, np.float32)))
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Files.
+# ----------------------------------------------------------------------------------------------
+
+
+def from_torch_with_extras(path: str, arch: str, **overrides):
+  """Reads an official .pt/.pth checkpoint -> (model, params, extras)."""
+  _arch_check(arch)
+  cfg = registry.resolve_config(arch, **overrides)
+  sd, _ = load_torch_state_dict(path)
+  params, extras = state_dict_to_params(sd, arch, cfg, source=f"checkpoint {os.fspath(path)}")
+  params = jax.tree.map(jnp.asarray, params)
+  extras = {k: jnp.asarray(v) for k, v in extras.items()}
+  return registry.build(arch, cfg), params, extras
+
+
+def from_torch(path: str, arch: str, **overrides):
+  """Reads an official .pt/.pth checkpoint -> (model, params); see ``from_torch_with_extras``."""
+  model, params, _ = from_torch_with_extras(path, arch, **overrides)
+  return model, params
+
+
+def to_torch(params, arch: str, path: str, extras: Optional[Mapping] = None, **overrides) -> None:
+  """Writes ``{"state_dict": <official keys, float32>}`` (what the official loaders read).
+
+  The file is written to a temporary name first and renamed, so a failure
+  leaves nothing behind.
+  """
+  torch = _import_torch()
+  sd = params_to_state_dict(params, arch, overrides, extras)
+  sd = collections.OrderedDict((k, torch.from_numpy(v.copy())) for k, v in sd.items())
+  path = os.fspath(path)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+  os.close(fd)
+  try:
+    torch.save({"state_dict": sd}, tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+_META = "dxmi_network.json"
+_STATE = "state"
+
+
+def save_pretrained(out_dir: str, arch: str, params, extras: Optional[Mapping] = None,
+                    overwrite: bool = False, **overrides) -> str:
+  """Writes an Orbax checkpoint {params, extras} plus ``dxmi_network.json`` (arch, config).
+
+  The directory appears only when complete (written beside it, then renamed).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  cfg = registry.resolve_config(arch, **overrides)
+  params_to_state_dict(params, arch, cfg, extras)  # validates structure and shapes
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
+  try:
+    extras = {k: np.asarray(v, np.float32) for k, v in (extras or {}).items()}
+    tree = {"params": jax.tree.map(np.asarray, params)}
+    if extras:
+      tree["extras"] = extras
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.join(tmp, _STATE), tree)
+    ckptr.wait_until_finished()
+    meta = {"arch": arch, "config": registry.config_to_json_dict(cfg),
+            "extras": {k: list(v.shape) for k, v in extras.items()}, "format": 1}
+    with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
+      json.dump(meta, f, indent=2)
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return out_dir
+
+
+def load_pretrained(path: str, arch: Optional[str] = None, **overrides):
+  """(model, params, extras) from a .pt/.pth file or a directory written by ``save_pretrained``.
+
+  For a directory the stored arch/config are used (``arch``, if given, must
+  match; ``overrides`` may change non-structural fields such as ``dtype`` or
+  ``dropout``).
+  """
+  path = os.fspath(path)
+  if not os.path.isdir(path):
+    if arch is None:
+      raise ValueError(f"load_pretrained({path!r}): arch is required for a torch checkpoint")
+    return from_torch_with_extras(path, arch, **overrides)
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  meta_path = os.path.join(path, _META)
+  if not os.path.isfile(meta_path):
+    raise CheckpointError(f"{path} is not a converted network checkpoint: {_META} is missing")
+  with open(meta_path, encoding="utf-8") as f:
+    meta = json.load(f)
+  if arch is not None and arch != meta["arch"]:
+    raise CheckpointError(f"{path} holds arch {meta['arch']!r}, not {arch!r}")
+  arch = meta["arch"]
+  cfg = registry.resolve_config(arch, meta["config"], **overrides)
+  target = {"params": registry.param_shapes(arch, cfg)}
+  if meta.get("extras"):
+    target["extras"] = {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32)
+                        for k, s in meta["extras"].items()}
+  try:
+    tree = ocp.StandardCheckpointer().restore(os.path.join(path, _STATE), target)
+  except Exception as e:  # orbax raises several types for structure/shape mismatches
+    raise CheckpointError(f"{path}: stored params do not fit arch {arch!r} with config "
+                          f"{registry.config_to_json_dict(cfg)}: {type(e).__name__}: {e}") from e
+  return (registry.build(arch, cfg), jax.tree.map(jnp.asarray, tree["params"]),
+          {k: jnp.asarray(v) for k, v in tree.get("extras", {}).items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI.
+# ----------------------------------------------------------------------------------------------
+
+
+def _parse_override(item: str) -> Tuple[str, Any]:
+  if "=" not in item:
+    raise argparse.ArgumentTypeError(f"--override expects key=value, got {item!r}")
+  key, raw = item.split("=", 1)
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw  # bare strings, e.g. dtype=bfloat16
+  return key.strip(), value
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(
+      prog="python -m dxmi_jax.convert",
+      description="Convert an official DxMI/DDPM/EDM PyTorch checkpoint into an Orbax "
+                  "checkpoint directory (params + extras + dxmi_network.json).")
+  parser.add_argument("--arch", required=True, choices=sorted(_EXTRA_KEYS))
+  parser.add_argument("--in", dest="src", required=True, help=".pt/.pth file")
+  parser.add_argument("--out", required=True, help="output directory (must not exist)")
+  parser.add_argument("--override", action="append", default=[], type=_parse_override,
+                      metavar="KEY=VALUE", help="config override, e.g. ch_mult=(1,2,2); repeatable")
+  parser.add_argument("--force", action="store_true", help="replace an existing --out")
+  args = parser.parse_args(argv)
+  overrides = dict(args.override)
+  if os.path.exists(args.out) and not args.force:
+    print(f"error: {args.out} already exists (pass --force to replace it)", file=sys.stderr)
+    return 2
+  try:
+    _, params, extras = from_torch_with_extras(args.src, args.arch, **overrides)
+    out = save_pretrained(args.out, args.arch, params, extras, overwrite=args.force, **overrides)
+  except (CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  n = sum(int(np.prod(np.shape(v))) for v in jax.tree.leaves(params))
+  print(f"wrote {out}: arch={args.arch}, {n} params, extras={sorted(extras)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

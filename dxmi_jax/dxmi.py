@@ -1,0 +1,507 @@
+"""DxMI as pure functions, in the order of the paper (and of reference §2g).
+
+One iteration:
+
+  1. rollout        x_0 ~ p_0, x_{t+1} ~ pi(.|x_t) for t = 0..T-1      (lax.scan, no gradient)
+  2. avr_update     s_t <- a s_t + (1-a) mean (x_{t+1} - x_t)^2          (adaptive velocity regularisation)
+  3. energy_step    one step on  mean E(data) - mean E(x_T) + gamma (mean E(data)^2 + mean E(x_T)^2)
+  4. td_value_scan  for t = T-1 .. 0: one step on (V(x_t, t) - sg[V(x_{t+1}, t+1) + time cost])^2
+  5. policy_update  DxDP: one step per minibatch on
+                    V(x~_{t+1}, t+1) + 1[t < T-k] (tau2 c_t(x_t, x~_{t+1}) - tau1 log sigma_t),
+                    x~_{t+1} = mu_theta(x_t, t) + sigma_t eps with fresh eps (reparameterised)
+
+Every source of randomness of an iteration is drawn up front into a ``StepNoise``
+(``draw_noise``) and passed in explicitly, so tests can inject the official
+code's recorded noise and orderings into the very functions production runs.
+
+Conventions: t = 0 is noise, t = T is data; the velocity scale s is stored in
+sampling order (index t = transition t) for every trainer variant.  V(., T) is
+the energy: either the value network itself at t = T (``separate_energy=False``,
+the CIFAR/ImageNet trainers) or a separate energy network (the anomaly-detection
+trainer, reference §2 EV).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dxmi_jax.state import DxMIState
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------- config
+@dataclasses.dataclass(frozen=True)
+class DxMIConfig:
+  """Static hyper-parameters of one DxMI iteration (reference §5 table).
+
+  tau1 / tau2:        entropy / velocity weights of the policy loss.
+  gamma:              square penalty of the energy loss.
+  adavelreg:          AVR EMA factor alpha (None: velocity scales stay fixed).
+  time_cost_sig:      c_sig of the sigmoid time cost (0: none); center defaults to T // 2.
+  time_cost:          constant added to every TD target.
+  velocity_in_value:  add tau2 c_t to the TD target for t < T - k (None: never).
+  entropy_in_value:   add -tau1 log sigma_t to the TD target for t < T - k (None: never).
+  skip_sampler_tau:   k of the non-terminal mask 1[t < T - k] of the policy loss.
+  value_grad_clip:    global-norm clip of each TD gradient (None: no clip).
+  energy_grad_clip:   global-norm clip of the energy gradient (None: no clip).
+  policy_grad_clip:   global-norm clip of each policy gradient (None: no clip).
+  policy_minibatches: policy minibatches of B transitions per iteration, drawn without
+                      replacement from the B*T buffer: 1 (CIFAR trainer, n_generator = 1)
+                      up to T (every transition once, the ImageNet trainer).
+  value_resample:     TD uses a freshly sampled x_{t+1} instead of the stored one.
+  policy_train_mode:  run the policy network in training mode (dropout) in the policy update.
+  separate_energy:    a separate energy network (EV trainer) rather than V(., T).
+  """
+  num_steps: int
+  tau1: float = 0.1
+  tau2: float = 0.01
+  gamma: float = 1.0
+  adavelreg: Optional[float] = 0.99
+  time_cost_sig: float = 1.0
+  time_cost_center: Optional[int] = None
+  time_cost: float = 0.0
+  velocity_in_value: Optional[int] = None
+  entropy_in_value: Optional[int] = None
+  skip_sampler_tau: int = 0
+  value_grad_clip: Optional[float] = None
+  energy_grad_clip: Optional[float] = None
+  policy_grad_clip: Optional[float] = 0.1
+  policy_minibatches: int = 1
+  value_resample: bool = False
+  policy_train_mode: bool = False
+  separate_energy: bool = False
+
+  def __post_init__(self):
+    if self.num_steps < 1:
+      raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
+    if not 1 <= self.policy_minibatches <= self.num_steps:
+      raise ValueError(f"policy_minibatches must be in [1, T={self.num_steps}], "
+                       f"got {self.policy_minibatches}")
+
+  @property
+  def center(self) -> int:
+    return self.num_steps // 2 if self.time_cost_center is None else self.time_cost_center
+
+
+@flax.struct.dataclass
+class StepNoise:
+  """All randomness of one iteration.  Leading batch axis B is the global batch.
+
+  x0:            (B, ...)       the prior draw x_0.
+  rollout:       (T, B, ...)    the noise of rollout step t.
+  policy_index:  (M, B) int32   buffer rows of each policy minibatch; row r is
+                                transition (t = r // B, sample b = r % B).
+  policy_noise:  (M, B, ...)    fresh noise of the reparameterised policy steps.
+  td_order:      (T, B) int32 or None: the order of the B samples of each timestep
+                 in the TD minibatch (None: as stored; it only reorders a mean).
+  resample:      (T, B, ...) or None: noise of the value_resample draws.
+  dropout:       PRNG key for dropout in the policy update.
+  """
+  x0: Array
+  rollout: Array
+  policy_index: Array
+  policy_noise: Array
+  td_order: Optional[Array]
+  resample: Optional[Array]
+  dropout: Array
+
+
+# --------------------------------------------------------------------- trajectories
+@flax.struct.dataclass
+class Trajectory:
+  """A rollout: per-step arrays with a leading T axis (sampling order)."""
+  states: Array        # (T, B, ...) x_t
+  next_states: Array   # (T, B, ...) x_{t+1}
+  means: Array         # (T, B, ...)
+  sigmas: Array        # (T, B)
+  log_sigmas: Array    # (T, B) log sigma used for the entropy
+
+  @property
+  def final(self):
+    return self.next_states[-1]
+
+
+def rollout(policy, policy_params, x0, noise, y=None) -> Trajectory:
+  """Runs the T-step chain from x0 with the given per-step noise (no gradient).
+
+  The network runs in evaluation mode, as the official trainers' rollouts do.
+  """
+  params = jax.lax.stop_gradient(policy_params)
+  batch = x0.shape[0]
+
+  def body(x, inputs):
+    t, eps = inputs
+    out = policy.step(params, x, jnp.full((batch,), t, jnp.int32), eps, y)
+    return out.sample, (x, out.sample, out.mean, out.sigma, out.log_sigma)
+
+  _, (states, nexts, means, sigmas, log_sigmas) = jax.lax.scan(
+      body, x0, (jnp.arange(policy.num_steps, dtype=jnp.int32), noise))
+  return Trajectory(states, nexts, means, sigmas, log_sigmas)
+
+
+# ------------------------------------------------------------------------------ AVR
+def mean_over_dims(x):
+  return jnp.mean(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def avr_update(velocity_scale, traj: Trajectory, alpha):
+  """Adaptive velocity regularisation: s_t <- alpha s_t + (1 - alpha) E(x_{t+1} - x_t)^2.
+
+  m_t averages over the batch and every data dimension.  Sampling order
+  throughout.  Returns (new s, m).
+  """
+  diff = traj.next_states - traj.states
+  m = jnp.mean(jnp.square(diff).reshape(diff.shape[0], -1), axis=-1)
+  if alpha is None:
+    return velocity_scale, m
+  return alpha * velocity_scale + (1.0 - alpha) * m, m
+
+
+def running_cost(x, x_next, s_t):
+  """c_t = mean over dims (x_{t+1} - x_t)^2 / (2 s_t), per sample; s_t is (B,)."""
+  return mean_over_dims(jnp.square(x_next - x) / _bcast(2.0 * s_t, x))
+
+
+def _bcast(v, x):
+  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+# --------------------------------------------------------------------------- energy
+def energy_loss(energy_apply, params, x_data, x_neg, y, gamma):
+  """L_E = mean e+ - mean e- + gamma (mean e+^2 + mean e-^2), data first in one batch."""
+  b = x_data.shape[0]
+  x = jnp.concatenate([x_data, x_neg], axis=0)
+  yy = None if y is None else jnp.concatenate([y, y], axis=0)
+  out = energy_apply(params, x, yy)
+  pos, neg = out[:b], out[b:]
+  pos_mean, neg_mean = jnp.mean(pos), jnp.mean(neg)
+  reg = jnp.mean(jnp.square(pos)) + jnp.mean(jnp.square(neg))
+  loss = pos_mean - neg_mean + gamma * reg
+  return loss, {"pos_e": pos_mean, "neg_e": neg_mean, "reg": reg, "d_loss": loss}
+
+
+def clip_by_global_norm(grads, max_norm):
+  """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (norm + 1e-6)).
+
+  Returns (clipped grads, pre-clip norm).  ``max_norm=None`` only measures.
+  """
+  norm = optax.tree.norm(grads)
+  if max_norm is None:
+    return grads, norm
+  coef = jnp.minimum(max_norm / (norm + 1e-6), 1.0)
+  return jax.tree.map(lambda g: g * coef.astype(g.dtype), grads), norm
+
+
+def energy_step(energy_state, energy_apply, x_data, x_neg, y, cfg: DxMIConfig):
+  """One optimiser step of the energy on data vs the rollout's final states."""
+  grad_fn = jax.value_and_grad(
+      lambda p: energy_loss(energy_apply, p, x_data, jax.lax.stop_gradient(x_neg), y, cfg.gamma),
+      has_aux=True)
+  (_, aux), grads = grad_fn(energy_state.params)
+  grads, gnorm = clip_by_global_norm(grads, cfg.energy_grad_clip)
+  aux = dict(aux, grad_norm=gnorm, grads=grads)
+  return energy_state.apply_gradients(grads=grads), aux
+
+
+# ------------------------------------------------------------------------ TD values
+def time_cost(t, cfg: DxMIConfig):
+  """c_sig (sigmoid(c - t) - sigmoid(c - t - 1)), t the integer step of the state."""
+  tf = t.astype(jnp.float32)
+  a = jax.nn.sigmoid(cfg.center - tf)
+  b = jax.nn.sigmoid(cfg.center - tf - 1.0)
+  return cfg.time_cost_sig * a, cfg.time_cost_sig * b
+
+
+def td_value_scan(value_state, value_apply, traj: Trajectory, velocity_scale, cfg: DxMIConfig, *,
+                  y=None, td_order=None, energy_final=None, next_states=None):
+  """T sequential TD steps, t = T-1 down to 0, each one optimiser step on B states.
+
+  Target of V(x_t, t), with the value network as updated by the previous step:
+      V(x_{t+1}, t+1) [E(x_T) at t = T-1 when the energy is separate]
+      + time cost + tau2 c_t 1[velocity] - tau1 log sigma_t 1[entropy]      (no gradient)
+  ``energy_final``: E(x_T) (B,) from the separate energy network, or None.
+  ``next_states``: (T, B, ...) replacement next states (value_resample), or None.
+  Returns (new value state, per-step aux with a leading axis in sampling order t).
+  """
+  T = cfg.num_steps
+  nexts = traj.next_states if next_states is None else next_states
+  xs = {"t": jnp.arange(T, dtype=jnp.int32), "x": traj.states, "x_next": nexts,
+        "log_sigma": traj.log_sigmas}
+  if td_order is not None:  # reorder the B samples of each timestep block
+    take = jax.vmap(lambda a, idx: jnp.take(a, idx, axis=0))
+    xs = {k: (v if k == "t" else take(v, td_order)) for k, v in xs.items()}
+  ys = None if y is None else (y[td_order] if td_order is not None else jnp.broadcast_to(y, (T,) + y.shape))
+  if ys is not None:
+    xs["y"] = ys
+  if energy_final is not None:
+    ef = energy_final if td_order is None else energy_final[td_order[T - 1]]
+    xs["e_final"] = jnp.zeros((T,) + ef.shape, ef.dtype).at[T - 1].set(ef)
+  xs = jax.tree.map(lambda a: a[::-1], xs)  # backward order: t = T-1 first
+
+  def body(state, inp):
+    t, x, x_next = inp["t"], inp["x"], inp["x_next"]
+    yb = inp.get("y")
+    b = x.shape[0]
+    tb = jnp.full((b,), t, jnp.int32)
+    v_next = value_apply(state.params, x_next, tb + 1, yb)
+    if "e_final" in inp:
+      v_next = jnp.where(t == T - 1, inp["e_final"], v_next)
+    sig_a, sig_b = time_cost(tb, cfg)
+    target = (v_next + sig_a) - sig_b + cfg.time_cost
+    rc = running_cost(x, x_next, jnp.full((b,), velocity_scale[t]))
+    if cfg.velocity_in_value is not None:
+      target = target + cfg.tau2 * rc * (t < T - cfg.velocity_in_value)
+    if cfg.entropy_in_value is not None:
+      target = target - cfg.tau1 * inp["log_sigma"] * (t < T - cfg.entropy_in_value)
+    target = jax.lax.stop_gradient(target)
+
+    def loss_fn(p):
+      v = value_apply(p, x, tb, yb)
+      return jnp.mean(jnp.square(v - target)), v
+
+    (loss, v_xt), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads, gnorm = clip_by_global_norm(grads, cfg.value_grad_clip)
+    new_state = state.apply_gradients(grads=grads)
+    aux = {"v_next": v_next, "target": target, "v_xt": v_xt, "v_loss": loss,
+           "running_cost": rc, "grad_norm": gnorm, "grads": grads, "params_after": new_state.params,
+           "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
+    return new_state, aux
+
+  value_state, aux = jax.lax.scan(body, value_state, xs)
+  return value_state, jax.tree.map(lambda a: a[::-1], aux)  # back to sampling order
+
+
+# --------------------------------------------------------------------------- policy
+def policy_loss(policy_params, policy, value_apply, value_params, x, t, noise, y, velocity_scale,
+                cfg: DxMIConfig, *, energy_apply=None, energy_params=None, rngs=None):
+  """DxDP loss on a minibatch of states x_t with per-sample steps t (B,).
+
+  x~ = mu_theta(x_t, t) + sigma_t(phi) eps (fresh eps; gradients reach theta and phi)
+  L  = mean[ V(x~, t+1) + 1[t < T - k] (tau2 c_t(x_t, x~) - tau1 log sigma_t) ]
+  The value (and energy) parameters are constants here.
+  """
+  T = cfg.num_steps
+  out = policy.step(policy_params, x, t, noise, y, train=cfg.policy_train_mode, rngs=rngs)
+  rc = running_cost(x, out.sample, velocity_scale[t])
+  value_term = value_apply(jax.lax.stop_gradient(value_params), out.sample, t + 1, y)
+  if energy_apply is not None:
+    e = energy_apply(jax.lax.stop_gradient(energy_params), out.sample, y)
+    value_term = jnp.where(t + 1 == T, e, value_term)
+  non_terminal = (t < T - cfg.skip_sampler_tau).astype(jnp.float32)
+  loss = jnp.mean(value_term + (cfg.tau2 * rc - cfg.tau1 * out.log_sigma) * non_terminal)
+  aux = {"sampler_loss": loss, "value_term": value_term, "running_cost": rc,
+         "causal_entropy": out.log_sigma, "non_terminal": non_terminal, "mean": out.mean,
+         "next_state": out.sample, "sigma": out.sigma}
+  return loss, aux
+
+
+def gather_transitions(traj: Trajectory, index, y=None):
+  """Buffer rows (row r = transition (r // B, r % B)) -> (states, t, y)."""
+  batch = traj.states.shape[1]
+  t, b = index // batch, index % batch
+  states = traj.states[t, b]
+  return states, t.astype(jnp.int32), (None if y is None else y[b])
+
+
+def policy_update(policy_state, policy, value_apply, value_params, traj: Trajectory, velocity_scale,
+                  noise: StepNoise, cfg: DxMIConfig, *, y=None, energy_apply=None, energy_params=None):
+  """One optimiser step per policy minibatch (lax.scan over the M minibatches)."""
+  M = noise.policy_index.shape[0]
+  keys = jax.random.split(noise.dropout, M)
+
+  def body(state, inp):
+    index, eps, key = inp
+    x, t, yb = gather_transitions(traj, index, y)
+    grad_fn = jax.value_and_grad(policy_loss, has_aux=True)
+    (_, aux), grads = grad_fn(state.params, policy, value_apply, value_params, x, t, eps, yb,
+                              velocity_scale, cfg, energy_apply=energy_apply,
+                              energy_params=energy_params, rngs={"dropout": key})
+    grads, gnorm = clip_by_global_norm(grads, cfg.policy_grad_clip)
+    new_state = state.apply_gradients(grads=grads)
+    aux = dict(aux, t=t, state=x, grad_norm=gnorm, grads=grads, params_after=new_state.params,
+               finite=jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm))
+    return new_state, aux
+
+  return jax.lax.scan(body, policy_state, (noise.policy_index, noise.policy_noise, keys))
+
+
+# ----------------------------------------------------------------------- iteration
+@dataclasses.dataclass(frozen=True)
+class Networks:
+  """The static parts of a DxMI model: the policy and the apply functions.
+
+  value_apply(params, x, t, y) -> (B,);  energy_apply(params, x, y) -> (B,) or None
+  (None: the energy is value_apply(., T)).
+  """
+  policy: Any
+  value_apply: Callable
+  energy_apply: Optional[Callable] = None
+
+
+def module_apply(module, with_time: bool = True):
+  """Wraps a Flax module with signature (x, t, y=None) into an apply returning (B,)."""
+  def apply(params, x, *args):
+    if with_time:
+      t, y = args
+    else:  # an energy network: it gets a dummy time input it ignores
+      (y,), t = args, jnp.zeros((x.shape[0],), jnp.int32)
+    kwargs = {} if y is None else {"y": y}
+    out = module.apply({"params": params}, x, t, **kwargs)
+    return out.reshape(x.shape[0])
+  return apply
+
+
+def draw_noise(rng, data_shape, cfg: DxMIConfig, policy) -> StepNoise:
+  """Production randomness of one iteration from one key (device-count independent)."""
+  T, M = cfg.num_steps, cfg.policy_minibatches
+  B = data_shape[0]
+  k_x0, k_roll, k_perm, k_pol, k_res, k_drop = jax.random.split(rng, 6)
+  perm = jax.random.permutation(k_perm, T * B)[: M * B].reshape(M, B).astype(jnp.int32)
+  return StepNoise(
+      x0=policy.prior(k_x0, data_shape),
+      rollout=jax.random.normal(k_roll, (T,) + tuple(data_shape), jnp.float32),
+      policy_index=perm,
+      policy_noise=jax.random.normal(k_pol, (M,) + tuple(data_shape), jnp.float32),
+      td_order=None,
+      resample=(jax.random.normal(k_res, (T,) + tuple(data_shape), jnp.float32)
+                if cfg.value_resample else None),
+      dropout=k_drop)
+
+
+def resample_next_states(policy, policy_params, traj: Trajectory, noise, y=None):
+  """value_resample: x_{t+1} ~ pi(.|x_t) afresh for every stored x_t (evaluation mode)."""
+  params = jax.lax.stop_gradient(policy_params)
+  T, B = traj.states.shape[:2]
+
+  def one(x, t, eps):
+    return policy.step(params, x, jnp.full((B,), t, jnp.int32), eps, y).sample
+
+  return jax.lax.map(lambda a: one(*a), (traj.states, jnp.arange(T, dtype=jnp.int32), noise))
+
+
+def dxmi_iteration(state: DxMIState, batch, noise: StepNoise, nets: Networks, cfg: DxMIConfig,
+                   constrain=lambda tree, axis: tree):
+  """One full DxMI iteration.  Returns (new state, aux of every stage).
+
+  ``batch``: {"x": (B, ...) data, optionally "y": (B,) labels}.
+  ``constrain(tree, batch_axis)``: sharding constraint hook (identity on one device).
+  """
+  x_data, y = batch["x"], batch.get("y")
+  policy = nets.policy
+  energy_apply = nets.energy_apply
+  if cfg.separate_energy != (energy_apply is not None):
+    raise ValueError("cfg.separate_energy must be True exactly when an energy network is given")
+  T = cfg.num_steps
+  energy_of_value = lambda p, x, yy: nets.value_apply(p, x, jnp.full((x.shape[0],), T, jnp.int32), yy)
+  # 1. rollout
+  traj = rollout(policy, state.policy.params, constrain(noise.x0, 0), constrain(noise.rollout, 1), y)
+  traj = constrain(traj, 1)
+  # 2. AVR
+  s_new, avr_m = avr_update(state.velocity_scale, traj, cfg.adavelreg)
+  # 3. energy step
+  if cfg.separate_energy:
+    energy_state, e_aux = energy_step(state.energy, energy_apply, x_data, traj.final, y, cfg)
+    value_state = state.value
+    energy_final = energy_apply(energy_state.params, traj.final, y)
+  else:
+    value_state, e_aux = energy_step(state.value, energy_of_value, x_data, traj.final, y, cfg)
+    energy_state, energy_final = state.energy, None
+  # 4. TD value scan
+  next_states = None
+  if cfg.value_resample:
+    next_states = constrain(resample_next_states(policy, state.policy.params, traj, noise.resample, y), 1)
+  value_state, td_aux = td_value_scan(value_state, nets.value_apply, traj, s_new, cfg, y=y,
+                                      td_order=noise.td_order, energy_final=energy_final,
+                                      next_states=next_states)
+  # 5. policy update(s)
+  policy_state, pol_aux = policy_update(
+      state.policy, policy, nets.value_apply, value_state.params, traj, s_new, noise, cfg, y=y,
+      energy_apply=energy_apply if cfg.separate_energy else None,
+      energy_params=energy_state.params if cfg.separate_energy else None)
+  new_state = state.replace(policy=policy_state, value=value_state, energy=energy_state,
+                            velocity_scale=s_new)
+  aux = {"traj": traj, "avr_m": avr_m, "energy": e_aux, "td": td_aux, "policy": pol_aux}
+  return new_state, aux
+
+
+def iteration_metrics(state: DxMIState, aux, cfg: DxMIConfig):
+  """The scalars (and per-step vectors) the official trainers log (reference §2f)."""
+  e, td, pol = aux["energy"], aux["td"], aux["policy"]
+  sq = lambda tree: sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+  m = {
+      "ebm/d_loss": e["d_loss"], "ebm/pos_e": e["pos_e"], "ebm/neg_e": e["neg_e"], "ebm/reg": e["reg"],
+      "ebm/grad_norm": e["grad_norm"],
+      "ebm/v_loss": td["v_loss"][0], "ebm/running_cost": jnp.mean(td["running_cost"][0]),
+      "running_cost/step": jnp.mean(td["running_cost"], axis=-1),   # (T,) per step t
+      "value/step": jnp.mean(td["v_xt"], axis=-1),                  # (T,) V(x_t) before its TD step
+      "td/v_loss": td["v_loss"],                                    # (T,)
+      "adavelreg/beta": state.velocity_scale,                       # (T,) sampling order
+      "sampler/sampler_loss": pol["sampler_loss"][-1],
+      "sampler/sampler_value_loss": jnp.mean(pol["value_term"][-1]),
+      "sampler/running_cost": jnp.mean(pol["running_cost"][-1]),
+      "sampler/causal_entropy": jnp.mean(pol["causal_entropy"][-1]),
+      "sampler/grad_norm": pol["grad_norm"][-1],
+      "sigma/sigma": jnp.exp(state.policy.params["log_sigma"]),      # (T,)
+      "weight_norm/sampler": sq(state.policy.params),
+      "weight_norm/value": sq(state.value.params),
+      "sample/final_norm": jnp.mean(jnp.sqrt(jnp.sum(
+          jnp.square(aux["traj"].final.reshape(aux["traj"].final.shape[0], -1)), -1))),
+  }
+  if state.energy is not None:
+    m["weight_norm/energy"] = sq(state.energy.params)
+  finite = {
+      "ebm/d_loss": jnp.isfinite(e["d_loss"]) & jnp.isfinite(e["grad_norm"]),
+      "td/v_loss": jnp.all(td["finite"]),
+      "sampler/sampler_loss": jnp.all(pol["finite"]),
+  }
+  return m, finite
+
+
+#: the quantities checked for finiteness, in the bit order of DxMIState.nonfinite_mask
+NONFINITE_QUANTITIES = ("ebm/d_loss", "td/v_loss", "sampler/sampler_loss")
+
+
+def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data_axis="data"):
+  """Builds ``train_step(state, batch) -> (state, metrics)``, one XLA program.
+
+  Randomness is ``fold_in(state.rng, state.step)``: a function of the seed and the
+  step only, never of the device count.  With a mesh, every batch-major array is
+  constrained to be sharded along ``data_axis`` (data parallelism); parameters
+  stay replicated.  An iteration whose losses or gradient norms are not finite is
+  skipped (the state is kept, the step and the skip counters advance).
+  """
+  if mesh is not None:
+    def constrain(tree, batch_axis):
+      spec = P(*([None] * batch_axis + [data_axis]))
+      return jax.tree.map(
+          lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+          if a.ndim > batch_axis else a, tree)
+  else:
+    constrain = lambda tree, axis: tree
+
+  def train_step(state: DxMIState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    noise = draw_noise(key, data_shape, cfg, nets.policy)
+    new_state, aux = dxmi_iteration(state, batch, noise, nets, cfg, constrain)
+    metrics, finite = iteration_metrics(new_state, aux, cfg)
+    ok = jnp.all(jnp.stack(list(finite.values())))
+    kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+    run = jnp.where(ok, 0, state.consecutive_skips + 1)
+    mask = sum(jnp.where(v, 0, 1 << i) for i, v in enumerate(finite.values()))
+    kept = kept.replace(step=state.step + 1,
+                        skipped=state.skipped + (~ok).astype(jnp.int32),
+                        consecutive_skips=run,
+                        max_skip_run=jnp.maximum(state.max_skip_run, run),
+                        nonfinite_mask=jnp.where(ok, state.nonfinite_mask, mask).astype(jnp.int32))
+    metrics["nonfinite/skipped_total"] = kept.skipped
+    metrics.update({f"nonfinite/{k}": (~v).astype(jnp.int32) for k, v in finite.items()})
+    return kept, metrics
+
+  return train_step

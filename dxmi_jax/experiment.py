@@ -1,0 +1,263 @@
+"""Config -> objects: data, networks, policy, optimisers and the initial state.
+
+This is the one module that reads the experiment config; everything after it
+(the train step, the loop, metrics) receives plain objects.  ``validate`` runs
+every check that can fail on user input *before* anything is compiled or
+written, and raises ``ConfigError`` with one line naming the option.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dxmi_jax import dxmi
+from dxmi_jax.data import toy2d
+from dxmi_jax.models import registry
+from dxmi_jax.models.mlp import TimeMLP
+from dxmi_jax.state import DxMIState, TrainState, create_state
+
+IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "tfds", "folder")
+
+
+class ConfigError(ValueError):
+  """A bad option: the message names it and says what was expected."""
+
+
+def _mlp_default_config():
+  c = ml_collections.ConfigDict()
+  c.out_dim = 2
+  c.hidden = (128, 128, 128)
+  c.time_scale = 1.0
+  c.time_embed_dim = 0
+  c.dtype = "float32"
+  return c
+
+
+registry.register("mlp", TimeMLP, _mlp_default_config)
+
+
+def is_vector_data(config) -> bool:
+  return config.data.name in toy2d.NAMES
+
+
+# ------------------------------------------------------------------ validation
+def validate(config, mode: str = "train"):
+  """Checks user input before compilation; raises ConfigError (one line each)."""
+  T = config.policy.num_steps
+  if not isinstance(T, int) or T < 1:
+    raise ConfigError(f"config.policy.num_steps (T) must be an integer >= 1, got {T!r}")
+  name = config.data.name
+  if name not in toy2d.NAMES + IMAGE_DATASETS:
+    raise ConfigError(f"config.data.name: unknown dataset {name!r}; expected one of "
+                      f"{toy2d.NAMES + IMAGE_DATASETS}")
+  B = config.training.batch_size
+  if B < 1:
+    raise ConfigError(f"config.training.batch_size must be >= 1, got {B}")
+  n_dev = jax.device_count()
+  for key, b in (("config.training.batch_size", B), ("config.pretrain.batch_size", config.pretrain.batch_size),
+                 ("config.sample.batch_size", config.sample.batch_size)):
+    if b % n_dev:
+      raise ConfigError(f"{key}={b} is not divisible by the number of devices ({n_dev})")
+  if config.training.num_iters < 0:
+    raise ConfigError(f"config.training.num_iters must be >= 0, got {config.training.num_iters}")
+  if config.training.checkpoint_every < 1:
+    raise ConfigError(f"config.training.checkpoint_every must be >= 1, got {config.training.checkpoint_every}")
+  from dxmi_jax.policies import POLICY_KINDS  # pylint: disable=import-outside-toplevel
+  if config.policy.kind not in POLICY_KINDS:
+    raise ConfigError(f"config.policy.kind: expected one of {POLICY_KINDS}, got {config.policy.kind!r}")
+  mb = config.dxmi.policy_minibatches
+  if not 1 <= mb <= T:
+    raise ConfigError(f"config.dxmi.policy_minibatches must be in [1, T={T}], got {mb}")
+  if not 0 <= config.dxmi.skip_sampler_tau <= T:
+    raise ConfigError(f"config.dxmi.skip_sampler_tau must be in [0, T={T}], got {config.dxmi.skip_sampler_tau}")
+  for key in ("optim.policy", "optim.value", "optim.energy"):
+    opt = config.optim[key.split(".")[1]]
+    if opt not in _OPTIMIZERS:
+      raise ConfigError(f"config.{key}: expected one of {sorted(_OPTIMIZERS)}, got {opt!r}")
+  if name == "npy":
+    try:
+      toy2d.load_npy(config.data.path)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  for key in ("policy_checkpoint", "value_checkpoint"):
+    path = config.init[key]
+    if path and not os.path.exists(path):
+      raise ConfigError(f"config.init.{key}: {path} does not exist")
+  if mode == "sample" and config.sample.num < 1:
+    raise ConfigError(f"config.sample.num must be >= 1, got {config.sample.num}")
+  for key in ("policy.net", "value"):
+    sub = config.policy.net if key == "policy.net" else config.value
+    if sub.arch not in registry.archs():
+      raise ConfigError(f"config.{key}.arch: unknown network {sub.arch!r}; expected one of {registry.archs()}")
+  if not is_vector_data(config):
+    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
+    image_experiment.validate(config, mode)
+
+
+# ---------------------------------------------------------------- optimisers
+_OPTIMIZERS = {
+    # eps_root = 0 reproduces torch.optim.Adam (reference §8 item 23)
+    "adam": lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0),
+    "radam": lambda lr, c: optax.radam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0, threshold=5.0),
+    "sgd": lambda lr, c: optax.sgd(lr),
+}
+
+
+def policy_optimizer(config) -> optax.GradientTransformation:
+  """Two parameter groups: network weights at policy_lr, log-sigmas at policy_sigma_lr."""
+  o = config.optim
+  return optax.multi_transform(
+      {"net": _OPTIMIZERS[o.policy](o.policy_lr, o), "log_sigma": _OPTIMIZERS[o.policy](o.policy_sigma_lr, o)},
+      lambda params: {"net": jax.tree.map(lambda _: "net", params["net"]), "log_sigma": "log_sigma"})
+
+
+def value_optimizer(config):
+  return _OPTIMIZERS[config.optim.value](config.optim.value_lr, config.optim)
+
+
+def energy_optimizer(config):
+  return _OPTIMIZERS[config.optim.energy](config.optim.energy_lr, config.optim)
+
+
+def _none_if_neg(x):
+  return None if x is None or x < 0 else x
+
+
+def _clip(x):
+  return None if x is None or x <= 0 else float(x)
+
+
+def dxmi_config(config) -> dxmi.DxMIConfig:
+  d = config.dxmi
+  return dxmi.DxMIConfig(
+      num_steps=config.policy.num_steps, tau1=d.tau1, tau2=d.tau2, gamma=d.gamma,
+      adavelreg=_none_if_neg(d.adavelreg), time_cost_sig=d.time_cost_sig,
+      time_cost_center=_none_if_neg(d.time_cost_center), time_cost=d.time_cost,
+      velocity_in_value=_none_if_neg(d.velocity_in_value), entropy_in_value=_none_if_neg(d.entropy_in_value),
+      skip_sampler_tau=d.skip_sampler_tau, value_grad_clip=_clip(config.optim.value_grad_clip),
+      energy_grad_clip=_clip(config.optim.energy_grad_clip), policy_grad_clip=_clip(config.optim.policy_grad_clip),
+      policy_minibatches=d.policy_minibatches, value_resample=d.value_resample,
+      policy_train_mode=d.policy_train_mode, separate_energy=d.separate_energy)
+
+
+# ---------------------------------------------------------------- networks
+def net_config(sub) -> tuple:
+  """(arch, constructor fields) of a network config section."""
+  fields = {k: v for k, v in sub.items() if k != "arch"}
+  return sub.arch, fields
+
+
+def build_net(sub, **overrides):
+  arch, fields = net_config(sub)
+  fields.update(overrides)
+  return registry.build(arch, fields)
+
+
+def build_policy(config, net=None):
+  from dxmi_jax.policies import build_policy as _build  # pylint: disable=import-outside-toplevel
+  return _build(config, net if net is not None else build_net(config.policy.net))
+
+
+def build_value(config):
+  overrides = {}
+  if config.value.arch == "mlp" and config.value.time_scale < 0:
+    overrides["time_scale"] = 1.0 / config.policy.num_steps  # V(x, t) sees t / T
+  return build_net(config.value, **overrides)
+
+
+def _time_independent(module) -> bool:
+  return not isinstance(module, TimeMLP)
+
+
+# ---------------------------------------------------------------- experiment
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config.  ``data.local_batch(step)`` -> {"x", optional "y"} numpy."""
+  config: Any
+  data: Any
+  data_shape: tuple           # global batch shape (B, ...)
+  policy: Any
+  value_module: Any
+  energy_module: Optional[Any]
+  nets: dxmi.Networks
+  cfg: dxmi.DxMIConfig
+  class_cond: bool
+  num_classes: int
+
+  @property
+  def is_vector(self) -> bool:
+    return is_vector_data(self.config)
+
+  # ------------------------------------------------------------- init
+  def init_state(self, rng) -> DxMIState:
+    k_pol, k_val, k_en, k_run = jax.random.split(rng, 4)
+    x = jnp.zeros((1,) + tuple(self.data_shape[1:]), jnp.float32)
+    y = jnp.zeros((1,), jnp.int32) if self.class_cond else None
+    pol_params = self.policy.init_params(k_pol, x, y)
+    val_params = self.value_module.init(k_val, x, jnp.zeros((1,), jnp.int32), y=y)["params"]
+    energy_state = None
+    if self.energy_module is not None:
+      e_params = self.energy_module.init(k_en, x, jnp.zeros((1,), jnp.int32), y=y)["params"]
+      energy_state = TrainState.create(apply_fn=None, params=e_params, tx=energy_optimizer(self.config))
+    return create_state(
+        k_run,
+        TrainState.create(apply_fn=None, params=pol_params, tx=policy_optimizer(self.config)),
+        TrainState.create(apply_fn=None, params=val_params, tx=value_optimizer(self.config)),
+        self.policy.init_velocity_scale(), energy_state)
+
+  def abstract_state(self):
+    return jax.eval_shape(self.init_state, jax.random.PRNGKey(0))
+
+  def energy_fn(self, state) -> Callable:
+    """x (B, ...) -> E(x) (B,) with the current parameters (for evaluation)."""
+    if self.energy_module is not None:
+      return lambda x, y=None: self.nets.energy_apply(state.energy.params, x, y)
+    T = self.cfg.num_steps
+    return lambda x, y=None: self.nets.value_apply(state.value.params, x,
+                                                   jnp.full((x.shape[0],), T, jnp.int32), y)
+
+
+class VectorDataProvider:
+  """Per-process slices of deterministic global batches of vector data."""
+
+  def __init__(self, config):
+    self.data = toy2d.VectorData(config.data.name, config.training.seed, config.data.path)
+    self.global_batch = config.training.batch_size
+
+  def local_batch(self, step: int, size: Optional[int] = None):
+    size = size or self.global_batch
+    x = self.data.batch(step, size)
+    per = size // jax.process_count()
+    start = jax.process_index() * per
+    return {"x": x[start:start + per]}
+
+
+def build(config) -> Experiment:
+  validate(config)
+  if not is_vector_data(config):
+    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
+    return image_experiment.build(config)
+  data = VectorDataProvider(config)
+  dim = data.data.dim
+  net_over = {}
+  if config.policy.net.arch == "mlp":
+    net_over["out_dim"] = dim
+  try:
+    policy = build_policy(config, build_net(config.policy.net, **net_over))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  value_module = build_value(config)
+  energy_module = build_net(config.energy) if config.dxmi.separate_energy else None
+  nets = dxmi.Networks(
+      policy=policy, value_apply=dxmi.module_apply(value_module),
+      energy_apply=None if energy_module is None else dxmi.module_apply(energy_module, with_time=False))
+  return Experiment(config=config, data=data, data_shape=(config.training.batch_size, dim), policy=policy,
+                    value_module=value_module, energy_module=energy_module, nets=nets,
+                    cfg=dxmi_config(config), class_cond=False, num_classes=0)

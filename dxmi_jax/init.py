@@ -1,0 +1,96 @@
+"""Starting a run from pretrained weights (``config.init.*``).
+
+``config.init.policy_checkpoint`` may be
+  * a dxmi-jax workdir that ran ``--mode=pretrain`` (its ``pretrain/`` folder),
+  * a dxmi-jax workdir with DxMI checkpoints (the latest policy is taken),
+  * a params folder written by ``checkpoint.save_params`` (``params/`` + ``meta.json``),
+  * a PyTorch ``.pt``/``.pth`` file or an Orbax folder from ``python -m dxmi_jax.convert``
+    (converted on the fly through ``dxmi_jax.convert.load_pretrained``).
+Checkpoints that carry ``log_betas`` (DxMI's own) also set the policy's log-sigmas,
+after checking that their length is the config's T.
+``config.init.value_checkpoint`` likewise for the value network.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dxmi_jax import checkpoint as ckpt_lib
+from dxmi_jax.experiment import ConfigError, net_config
+
+
+def _match(what, new, ref):
+  """Casts ``new`` onto ``ref``'s structure, with one error naming the first mismatch."""
+  ref_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(ref)[0]}
+  new_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
+  missing = sorted(set(ref_flat) - set(new_flat))
+  unexpected = sorted(set(new_flat) - set(ref_flat))
+  shapes = [(k, np.shape(new_flat[k]), ref_flat[k].shape) for k in sorted(set(ref_flat) & set(new_flat))
+            if tuple(np.shape(new_flat[k])) != tuple(ref_flat[k].shape)]
+  if missing or unexpected or shapes:
+    parts = []
+    if missing:
+      parts.append(f"missing {missing[:3]}")
+    if unexpected:
+      parts.append(f"unexpected {unexpected[:3]}")
+    if shapes:
+      parts.append("mis-shaped " + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, a, b in shapes[:3]))
+    raise ConfigError(f"{what} does not fit the configured architecture: " + "; ".join(parts))
+  return jax.tree.map(lambda n, r: jnp.asarray(n, r.dtype), new, ref)
+
+
+def _read_network(path, section, section_cfg, what):
+  """(net params, log_sigma or None) from any supported checkpoint kind."""
+  pre = os.path.join(path, "pretrain")
+  if os.path.isdir(pre) and os.path.exists(os.path.join(pre, "meta.json")):
+    path = pre
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "meta.json")) and \
+      os.path.isdir(os.path.join(path, "params")):
+    params, _ = ckpt_lib.load_params(path)
+    return params.get("net", params), params.get("log_sigma")
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(path, "checkpoints")), item_names=("state", "meta"))
+    step = mgr.latest_step()
+    if step is None:
+      raise ConfigError(f"{what}: {path} has no checkpoint")
+    raw = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    mgr.close()
+    key = "policy" if section == "policy" else "value"
+    p = raw[key]["params"]
+    return (p["net"], p["log_sigma"]) if key == "policy" else (p, None)
+  from dxmi_jax import convert  # pylint: disable=import-outside-toplevel
+  arch, fields = net_config(section_cfg)
+  try:
+    _, params, extras = convert.load_pretrained(path, arch, **fields)
+  except convert.CheckpointError as e:
+    raise ConfigError(f"{what}: {e}") from None
+  return params, (extras or {}).get("log_betas")
+
+
+def load_pretrained_into(exp, state):
+  cfg = exp.config
+  if cfg.init.policy_checkpoint:
+    what = "config.init.policy_checkpoint"
+    net, log_sigma = _read_network(cfg.init.policy_checkpoint, "policy", cfg.policy.net, what)
+    params = dict(state.policy.params)
+    params["net"] = _match(what, net, state.policy.params["net"])
+    if log_sigma is not None:
+      log_sigma = np.asarray(log_sigma, np.float32).reshape(-1)
+      T = exp.cfg.num_steps
+      if log_sigma.shape != (T,):
+        raise ConfigError(f"{what}: the checkpoint's log_betas has {log_sigma.shape[0]} steps but "
+                          f"config.policy.num_steps is {T}")
+      params["log_sigma"] = jnp.asarray(log_sigma)
+    state = state.replace(policy=state.policy.replace(params=params))
+    logging.info("policy initialised from %s", cfg.init.policy_checkpoint)
+  if cfg.init.value_checkpoint:
+    what = "config.init.value_checkpoint"
+    net, _ = _read_network(cfg.init.value_checkpoint, "value", cfg.value, what)
+    state = state.replace(value=state.value.replace(params=_match(what, net, state.value.params)))
+    logging.info("value initialised from %s", cfg.init.value_checkpoint)
+  return state

@@ -1,0 +1,266 @@
+"""ADM / consistency-models UNet (``models/cm/unet.py::UNetModel``) and EDM preconditioning."""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2, upsample_nearest2x
+
+Dtype = Any
+_GN_EPS = 1e-5
+
+
+def karras_scalings(sigma, sigma_data: float = 0.5) -> Tuple[jnp.ndarray, ...]:
+  """EDM (Karras et al.) preconditioning, as ``KarrasDenoiser.get_scalings`` + the noise input.
+
+  Returns (c_skip, c_out, c_in, c_noise), each with the shape of ``sigma``;
+  c_noise = 1000 * 0.25 * log(sigma + 1e-44) is the UNet's time input.
+  """
+  sigma = jnp.asarray(sigma, jnp.float32)
+  sd2 = sigma_data ** 2
+  c_skip = sd2 / (sigma ** 2 + sd2)
+  c_out = sigma * sigma_data / jnp.sqrt(sigma ** 2 + sd2)
+  c_in = 1.0 / jnp.sqrt(sigma ** 2 + sd2)
+  c_noise = 1000.0 * 0.25 * jnp.log(sigma + 1e-44)
+  return c_skip, c_out, c_in, c_noise
+
+
+def edm_denoise(unet_apply: Callable, x, sigma, y=None, sigma_data: float = 0.5):
+  """D(x, sigma, y) = c_skip*x + c_out*F(c_in*x, c_noise, y) for NHWC x and per-sample sigma (B,).
+
+  ``unet_apply(x, t, y)`` is the raw network F, e.g.
+  ``lambda u, t, y: model.apply({"params": p}, u, t, y)``.
+  """
+  sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), x.shape[:1])
+  c_skip, c_out, c_in, c_noise = karras_scalings(sigma, sigma_data)
+  b = (slice(None),) + (None,) * (x.ndim - 1)
+  out = unet_apply(c_in[b] * x, c_noise, y)
+  return c_skip[b] * x + c_out[b] * out
+
+
+# ----------------------------------------------------------------------------------------------
+# The network F(x, t, y).
+# ----------------------------------------------------------------------------------------------
+
+
+def adm_timestep_embedding(t, dim: int, max_period: float = 10000.0):
+  """consistency-models ``timestep_embedding``: [cos(t f), sin(t f)], f_k = max_period^(-k/half)."""
+  half = dim // 2
+  freqs = np.exp(np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
+                 / np.float32(half))
+  args = jnp.asarray(t, jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class ResBlock(nn.Module):
+  """``cm.unet.ResBlock`` (optionally scale-shift conditioned and/or resampling)."""
+  out_ch: int
+  dropout: float = 0.0
+  use_scale_shift_norm: bool = False
+  up: bool = False
+  down: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, emb, deterministic: bool = True):
+    dt, c = self.dtype, self.out_ch
+    h = nn.silu(GroupNorm(32, _GN_EPS, name="in_layers_0")(x))
+    if self.up or self.down:  # resample h and x between the norm and the conv
+      resample = upsample_nearest2x if self.up else avg_pool2x2
+      h, x = resample(h), resample(x)
+    h = Conv2d(c, 3, padding=1, dtype=dt, name="in_layers_2")(h)
+    emb_out = Dense(2 * c if self.use_scale_shift_norm else c, name="emb_layers_1")(
+        nn.silu(emb)).astype(h.dtype)[:, None, None, :]
+    if self.use_scale_shift_norm:
+      scale, shift = jnp.split(emb_out, 2, axis=-1)
+      h = GroupNorm(32, _GN_EPS, name="out_layers_0")(h) * (1 + scale) + shift
+    else:
+      h = GroupNorm(32, _GN_EPS, name="out_layers_0")(h + emb_out)
+    h = nn.silu(h)
+    if self.dropout > 0:
+      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = Conv2d(c, 3, padding=1, zero_init=True, dtype=dt, name="out_layers_3")(h)
+    if x.shape[-1] != c:
+      x = Conv2d(c, 1, dtype=dt, name="skip_connection")(x)
+    return x + h
+
+
+class AttentionBlock(nn.Module):
+  """``cm.unet.AttentionBlock`` with ``QKVAttentionLegacy`` numerics.
+
+  qkv channels are laid out (three, heads, d); q and k are each scaled by
+  d^-1/4 before the product; the softmax is over keys and always in float32.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    nh = self.num_heads
+    if c % nh:
+      raise ValueError(f"attention: {c} channels are not divisible by {nh} heads")
+    d = c // nh
+    qkv = Conv2d(3 * c, 1, dtype=self.dtype, name="qkv")(GroupNorm(32, _GN_EPS, name="norm")(x))
+    q, k, v = jnp.moveaxis(qkv.reshape(b, hh * ww, 3, nh, d), 2, 0)  # each (B, S, heads, d)
+    scale = 1.0 / math.sqrt(math.sqrt(d))
+    w = jnp.einsum("bthd,bshd->bhts", q * scale, k * scale)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+    a = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, hh, ww, c)
+    return x + Conv2d(c, 1, zero_init=True, dtype=self.dtype, name="proj_out")(a)
+
+
+class Downsample(nn.Module):
+  use_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if not self.use_conv:
+      return avg_pool2x2(x)
+    return Conv2d(x.shape[-1], 3, stride=2, padding=1, dtype=self.dtype, name="op")(x)
+
+
+class Upsample(nn.Module):
+  use_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = upsample_nearest2x(x)
+    if self.use_conv:
+      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv")(x)
+    return x
+
+
+class ADMUNet(nn.Module):
+  """``cm.unet.UNetModel``: raw F(x, t, y) on NHWC x; t is the noise conditioning (B,).
+
+  For the EDM policy ``t = c_noise = 250 ln(sigma)`` and the input is already
+  scaled by c_in (use ``edm_denoise``).  ``attention_resolutions`` are
+  *feature-map resolutions* (as the ``attention_resolutions="32,16,8"`` string of
+  ``create_model``); they become downsample factors ``image_size // r``.
+  ``num_head_channels > 0`` fixes the head width (then ``num_heads`` is ignored).
+  ``y`` (B,) int labels must be given iff ``num_classes`` is set.
+
+  With ``dtype=bfloat16`` the torso (input/middle/output blocks) runs in
+  bfloat16 while the embeddings, GroupNorm statistics, softmax and the output
+  head stay float32, mirroring the official ``use_fp16`` path; parameters are
+  always float32.
+  """
+  image_size: int = 64
+  in_channels: int = 3
+  model_channels: int = 192
+  out_channels: int = 3
+  num_res_blocks: int = 3
+  attention_resolutions: Sequence[int] = (32, 16, 8)
+  dropout: float = 0.0
+  channel_mult: Sequence[float] = (1, 2, 3, 4)
+  conv_resample: bool = True
+  num_classes: Optional[int] = 1000
+  num_heads: int = 4
+  num_head_channels: int = 64
+  num_heads_upsample: int = -1
+  use_scale_shift_norm: bool = True
+  resblock_updown: bool = True
+  dtype: Dtype = jnp.float32
+
+  def _heads(self, ch: int, upsample: bool) -> int:
+    if self.num_head_channels != -1:
+      if ch % self.num_head_channels:
+        raise ValueError(f"{ch} attention channels are not divisible by num_head_channels "
+                         f"{self.num_head_channels}")
+      return ch // self.num_head_channels
+    if upsample and self.num_heads_upsample != -1:
+      return self.num_heads_upsample
+    return self.num_heads
+
+  @nn.compact
+  def __call__(self, x, t, y=None, deterministic: bool = True):
+    if (y is None) != (self.num_classes is None):
+      raise ValueError("ADMUNet: y (class labels) must be given iff num_classes is set "
+                       f"(num_classes={self.num_classes}, y given: {y is not None})")
+    dt, mc = self.dtype, self.model_channels
+    attn_ds = {self.image_size // int(r) for r in self.attention_resolutions}
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+    emb = Dense(4 * mc, name="time_embed_0")(adm_timestep_embedding(t, mc))
+    emb = Dense(4 * mc, name="time_embed_2")(nn.silu(emb))
+    if self.num_classes is not None:
+      emb = emb + Embed(self.num_classes, 4 * mc, name="label_emb")(y)
+
+    def res(h, out, name, **kw):
+      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)(
+          h, emb, deterministic)
+
+    def attn(h, name, upsample=False):
+      return AttentionBlock(self._heads(h.shape[-1], upsample), dt, name=name)(h)
+
+    ch = int(self.channel_mult[0] * mc)
+    hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="input_blocks_0_0")(x.astype(dt))]
+    ds, i = 1, 1
+    for level, mult in enumerate(self.channel_mult):
+      for _ in range(self.num_res_blocks):
+        h = res(hs[-1], int(mult * mc), f"input_blocks_{i}_0")
+        if ds in attn_ds:
+          h = attn(h, f"input_blocks_{i}_1")
+        hs.append(h)
+        i += 1
+      if level != len(self.channel_mult) - 1:
+        name = f"input_blocks_{i}_0"
+        if self.resblock_updown:
+          hs.append(res(hs[-1], hs[-1].shape[-1], name, down=True))
+        else:
+          hs.append(Downsample(self.conv_resample, dt, name=name)(hs[-1]))
+        ds, i = ds * 2, i + 1
+
+    h = res(hs[-1], hs[-1].shape[-1], "middle_block_0")
+    h = attn(h, "middle_block_1")
+    h = res(h, h.shape[-1], "middle_block_2")
+
+    i = 0
+    for level, mult in reversed(list(enumerate(self.channel_mult))):
+      for j in range(self.num_res_blocks + 1):
+        h = res(jnp.concatenate([h, hs.pop()], axis=-1), int(mult * mc), f"output_blocks_{i}_0")
+        pos = 1
+        if ds in attn_ds:
+          h = attn(h, f"output_blocks_{i}_1", upsample=True)
+          pos = 2
+        if level and j == self.num_res_blocks:
+          name = f"output_blocks_{i}_{pos}"
+          if self.resblock_updown:
+            h = res(h, h.shape[-1], name, up=True)
+          else:
+            h = Upsample(self.conv_resample, dt, name=name)(h)
+          ds //= 2
+        i += 1
+    assert not hs
+
+    h = nn.silu(GroupNorm(32, _GN_EPS, name="out_0")(h.astype(jnp.float32)))
+    return Conv2d(self.out_channels, 3, padding=1, zero_init=True, name="out_2")(h)
+
+
+def adm_imagenet64() -> ml_collections.ConfigDict:
+  """ImageNet-64 EDM policy (``configs/imagenet64/T10.yaml``): 295,899,267 params."""
+  return ml_collections.ConfigDict(dict(
+      image_size=64, in_channels=3, model_channels=192, out_channels=3, num_res_blocks=3,
+      attention_resolutions=(32, 16, 8), dropout=0.0, channel_mult=(1, 2, 3, 4),
+      conv_resample=True, num_classes=1000, num_heads=4, num_head_channels=64,
+      num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
+      dtype="float32"))
+
+
+def adm_lsun256() -> ml_collections.ConfigDict:
+  """LSUN Bedroom-256 unconditional EDM policy (``configs/lsun/T4.yaml``): 526,304,771 params."""
+  cfg = adm_imagenet64()
+  cfg.update(dict(image_size=256, model_channels=256, num_res_blocks=2,
+                  channel_mult=(1, 1, 2, 2, 4, 4), num_classes=None, use_scale_shift_norm=False))
+  return cfg

@@ -1,0 +1,174 @@
+"""DDPM UNet of the CIFAR-10 policy (official ``models/DxMI/unet_small.py::Model``), NHWC.
+
+``DDPMUNet()(x, t)`` predicts epsilon; ``t`` is the *continuous* DDPM timestep
+(B,) the VAR sampler feeds it (e.g. 616.73 ... 1.5e-4 for T=10).  Numerics that
+differ from other UNets (reference §4.2, golden README A1):
+
+* sinusoidal embedding ``[sin, cos]`` (sin first) with frequencies
+  exp(-k ln(10000) / (half - 1)), computed in float32;
+* GroupNorm(32, eps=1e-6);
+* downsample = zero-pad right/bottom by one, then a 3x3 stride-2 VALID conv;
+* single-head attention with C^-1/2 scaling;
+* skips: conv_in output, every down block output (after its attention) and
+  every downsample output; each up level has ``num_res_blocks + 1`` blocks on
+  ``concat([h, skip])`` (h first).
+
+Submodule names mirror the torch keys (``down_1_block_0/norm1`` <->
+``down.1.block.0.norm1``) so that ``dxmi_jax.convert`` maps them by rule.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dxmi_jax.models.layers import Conv2d, Dense, GroupNorm, avg_pool2x2, swish, upsample_nearest2x
+
+Dtype = Any
+_GN_EPS = 1e-6
+
+
+def ddpm_timestep_embedding(t, dim: int):
+  """``get_timestep_embedding`` of unet_small: [sin(t f), cos(t f)], f_k = 10000^(-k/(half-1))."""
+  half = dim // 2
+  freqs = np.exp(np.arange(half, dtype=np.float32) * np.float32(-math.log(10000) / (half - 1)))
+  args = jnp.asarray(t, jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class ResnetBlock(nn.Module):
+  out_ch: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, deterministic: bool = True):
+    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, name="conv1")(
+        swish(GroupNorm(32, _GN_EPS, name="norm1")(x)))
+    h = h + Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(swish(temb))[:, None, None, :]
+    h = swish(GroupNorm(32, _GN_EPS, name="norm2")(h))
+    if self.dropout > 0:
+      h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
+    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, name="conv2")(h)
+    if x.shape[-1] != self.out_ch:
+      x = Conv2d(self.out_ch, 1, dtype=self.dtype, name="nin_shortcut")(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head spatial self-attention (tokens in row-major (H, W) order)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    b, hh, ww, c = x.shape
+    h = GroupNorm(32, _GN_EPS, name="norm")(x)
+    q, k, v = (Conv2d(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c) for n in "qkv")
+    w = jnp.einsum("bic,bjc->bij", q, k) * (int(c) ** -0.5)
+    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+    a = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
+    return x + Conv2d(c, 1, dtype=self.dtype, name="proj_out")(a)
+
+
+class Downsample(nn.Module):
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if not self.with_conv:
+      return avg_pool2x2(x)
+    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # asymmetric: right and bottom only
+    return Conv2d(x.shape[-1], 3, stride=2, padding=0, dtype=self.dtype, name="conv")(x)
+
+
+class Upsample(nn.Module):
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = upsample_nearest2x(x)
+    if self.with_conv:
+      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv")(x)
+    return x
+
+
+class DDPMUNet(nn.Module):
+  """``unet_small.Model``; call ``(x, t, y=None, deterministic=True)``, x NHWC, t (B,).
+
+  ``y`` is accepted for the common signature and must be None (unconditional).
+  With ``dtype=bfloat16`` the torso (all blocks) runs in bfloat16; the timestep
+  embedding MLP and the output head (norm_out, conv_out) stay float32, like the
+  consistency-models fp16 recipe.  Parameters are always float32.
+  """
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  resamp_with_conv: bool = True
+  resolution: int = 32
+  in_channels: int = 3
+  out_ch: int = 3
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, t, y=None, deterministic: bool = True):
+    if y is not None:
+      raise ValueError("DDPMUNet is unconditional: y must be None")
+    if x.shape[1:] != (self.resolution, self.resolution, self.in_channels):
+      raise ValueError(f"DDPMUNet expects NHWC input of shape (B, {self.resolution}, "
+                       f"{self.resolution}, {self.in_channels}), got {x.shape}")
+    ch, nlev, dt = self.ch, len(self.ch_mult), self.dtype
+    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
+    temb = Dense(4 * ch, name="temb_dense_0")(ddpm_timestep_embedding(t, ch))
+    temb = Dense(4 * ch, name="temb_dense_1")(swish(temb))
+
+    def res(h, out, name):
+      return ResnetBlock(out, self.dropout, dt, name=name)(h, temb, deterministic)
+
+    hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="conv_in")(x)]
+    res_now = self.resolution
+    for lev in range(nlev):
+      for j in range(self.num_res_blocks):
+        h = res(hs[-1], ch * self.ch_mult[lev], f"down_{lev}_block_{j}")
+        if res_now in self.attn_resolutions:
+          h = AttnBlock(dt, name=f"down_{lev}_attn_{j}")(h)
+        hs.append(h)
+      if lev != nlev - 1:
+        hs.append(Downsample(self.resamp_with_conv, dt, name=f"down_{lev}_downsample")(hs[-1]))
+        res_now //= 2
+
+    h = res(hs[-1], hs[-1].shape[-1], "mid_block_1")
+    h = AttnBlock(dt, name="mid_attn_1")(h)
+    h = res(h, h.shape[-1], "mid_block_2")
+
+    for lev in reversed(range(nlev)):
+      for j in range(self.num_res_blocks + 1):
+        h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * self.ch_mult[lev],
+                f"up_{lev}_block_{j}")
+        if res_now in self.attn_resolutions:
+          h = AttnBlock(dt, name=f"up_{lev}_attn_{j}")(h)
+      if lev != 0:
+        h = Upsample(self.resamp_with_conv, dt, name=f"up_{lev}_upsample")(h)
+        res_now *= 2
+    assert not hs
+
+    h = swish(GroupNorm(32, _GN_EPS, name="norm_out")(h.astype(jnp.float32)))
+    return Conv2d(self.out_ch, 3, padding=1, name="conv_out")(h)
+
+
+def ddpm_cifar10() -> ml_collections.ConfigDict:
+  """The CIFAR-10 policy network of ``configs/cifar10/T10.yaml`` (35,746,307 weights)."""
+  return ml_collections.ConfigDict(dict(
+      ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+      resamp_with_conv=True, resolution=32, in_channels=3, out_ch=3, dtype="float32"))
