@@ -7,8 +7,12 @@ select the architecture's config, see ``dxmi_jax.models.registry``)::
   model, params, extras = from_torch_with_extras(path, arch, **overrides)
   to_torch(params, arch, path, extras=None, **overrides)
   model, params, extras = load_pretrained(path_or_dir, arch, **overrides)
-  save_pretrained(out_dir, arch, params, extras=None, **overrides)   # Orbax + JSON
+  save_pretrained(out_dir, arch, params, extras=None, overwrite=False, **overrides)  # Orbax
   python -m dxmi_jax.convert --arch=adm_unet --in=x.pt --out=DIR [--override key=value ...]
+
+An Orbax directory holds ``state/`` ({"params", "extras"}) and ``dxmi_network.json``
+({"arch", "config", "extras"}); training configs point at the directory and
+read it with ``load_pretrained``.
 
 ``params`` is the Flax param tree (``model.apply({"params": params}, x_nhwc, t, y)``
 reproduces the official forward).  Tensors that DxMI's samplers register on the
@@ -37,6 +41,7 @@ from __future__ import annotations
 import argparse
 import ast
 import collections
+import functools
 import json
 import os
 import re
@@ -168,12 +173,20 @@ def _to_torch(leaf: str, v: np.ndarray) -> np.ndarray:
 
 
 def _flax_shape_to_torch(leaf: str, shape) -> Tuple[int, ...]:
-  return tuple(_to_torch(leaf, np.empty(shape, np.uint8)).shape)
+  shape = tuple(int(d) for d in shape)
+  if leaf == "kernel":
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else shape[::-1]
+  return shape
 
 
-def _expected(arch: str, cfg) -> "collections.OrderedDict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]":
-  """{torch key: (flax path, torch-layout shape)} of ``arch`` under ``cfg``."""
-  shapes = traverse_util.flatten_dict(registry.param_shapes(arch, cfg))
+def _expected(arch: str, cfg) -> Mapping[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]:
+  """{torch key: (flax path, torch-layout shape)} of ``arch`` under ``cfg`` (ordered)."""
+  return _expected_cached(arch, json.dumps(registry.config_to_json_dict(cfg), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _expected_cached(arch: str, cfg_json: str):
+  shapes = traverse_util.flatten_dict(registry.param_shapes(arch, json.loads(cfg_json)))
   out = collections.OrderedDict()
   for path, sds in shapes.items():
     out[torch_key(arch, path)] = (path, _flax_shape_to_torch(path[-1], sds.shape))
@@ -184,7 +197,8 @@ def expected_state_dict_shapes(arch: str, cfg=None) -> Dict[str, Tuple[int, ...]
   """{saved torch key: torch-layout shape} of the network weights (no extras); cheap."""
   _arch_check(arch)
   pre = _SAVE_PREFIX[arch]
-  return {pre + k: shp for k, (_, shp) in _expected(arch, registry.resolve_config(arch, cfg)).items()}
+  expected = _expected(arch, registry.resolve_config(arch, cfg))
+  return {pre + k: shp for k, (_, shp) in expected.items()}
 
 
 def _strip_prefixes(sd: Mapping[str, Any]) -> Dict[str, Any]:
@@ -247,7 +261,7 @@ def state_dict_to_params(sd: Mapping[str, np.ndarray], arch: str, cfg=None, *,
 
 def params_to_state_dict(params, arch: str, cfg=None, extras: Optional[Mapping] = None
                          ) -> "collections.OrderedDict[str, np.ndarray]":
-  """Flax params (+ extras) -> official-layout float32 state_dict (numpy), saved key prefix included."""
+  """Flax params (+ extras) -> official-layout float32 numpy state_dict (with the save prefix)."""
   _arch_check(arch)
   cfg = registry.resolve_config(arch, cfg)
   expected = _expected(arch, cfg)
@@ -339,7 +353,8 @@ def save_pretrained(out_dir: str, arch: str, params, extras: Optional[Mapping] =
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
+                         prefix=os.path.basename(out_dir) + ".partial-")
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private

@@ -214,6 +214,8 @@ def evaluate_samples(sample_images: np.ndarray, ref: fid_lib.ReferenceStatistics
     mu2, sigma2, n_ref = ref.mu, ref.sigma, ref.n
     ref_extractor = ref.feature_extractor
   else:
+    if ref_pool is None:
+      raise fid_lib.ReferenceFileError("the reference has neither mu/sigma nor images/features")
     rs = features_lib.RunningStatistics().update(ref_pool)
     mu2, sigma2, n_ref = rs.mean, rs.covariance, rs.n
     ref_extractor = extractor.name
@@ -293,7 +295,9 @@ def _print_results(res: Dict[str, Any], samples_path: str, ref_path: str) -> Non
   print(f"protocol: {res['protocol']}")
   print(f"samples: {samples_path} ({res['n_samples']} images)")
   n_pr = res.get("n_reference_pr")
-  print(f"reference: {ref_path} (mu/sigma over {res['n_reference_stats']} images from "
+  n_ref = res["n_reference_stats"]
+  print(f"reference: {ref_path} (mu/sigma over {n_ref if n_ref else 'an unrecorded number of'} "
+        f"images from "
         f"{res['reference_feature_extractor']}"
         + (f"; precision/recall against {n_pr} reference features)" if n_pr else ")"))
   for note in res["notes"]:
@@ -370,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     run(args)
   except (features_lib.EvaluationInputError, convert.CheckpointError,
-          samples_lib.SampleExportError, ValueError, OSError) as e:
+          samples_lib.SampleExportError, ValueError, OSError, ImportError) as e:
     msg = " ".join(str(e).split())  # one line
     print(f"error: {msg}", file=sys.stderr)
     return 1

@@ -23,7 +23,7 @@ from dxmi_jax.models import registry
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.state import DxMIState, TrainState, create_state
 
-IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "tfds", "folder")
+IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "folder", "synthetic")
 
 
 class ConfigError(ValueError):
@@ -90,6 +90,9 @@ def validate(config, mode: str = "train"):
     path = config.init[key]
     if path and not os.path.exists(path):
       raise ConfigError(f"config.init.{key}: {path} does not exist")
+  if config.eval.reference_stats and not os.path.isfile(config.eval.reference_stats):
+    raise ConfigError(f"config.eval.reference_stats: {config.eval.reference_stats} does not exist (write one "
+                      f"with `python -m dxmi_jax.evaluate stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)")
   if mode == "sample" and config.sample.num < 1:
     raise ConfigError(f"config.sample.num must be >= 1, got {config.sample.num}")
   for key in ("policy.net", "value"):
@@ -198,6 +201,10 @@ class Experiment:
   # ------------------------------------------------------------- init
   def init_state(self, rng) -> DxMIState:
     k_pol, k_val, k_en, k_run = jax.random.split(rng, 4)
+    # Parameter initialisation draws from "rbg" keys: XLA compiles their random bits in
+    # half the time of threefry's, which dominates the compile of big UNets on CPU.  The
+    # values are replicated and deterministic; the training noise stays threefry.
+    k_pol, k_val, k_en = (_init_key(k) for k in (k_pol, k_val, k_en))
     x = jnp.zeros((1,) + tuple(self.data_shape[1:]), jnp.float32)
     y = jnp.zeros((1,), jnp.int32) if self.class_cond else None
     pol_params = self.policy.init_params(k_pol, x, y)
@@ -224,6 +231,10 @@ class Experiment:
                                                    jnp.full((x.shape[0],), T, jnp.int32), y)
 
 
+def _init_key(raw_key):
+  return jax.random.wrap_key_data(jax.random.bits(raw_key, (4,), jnp.uint32), impl="rbg")
+
+
 class VectorDataProvider:
   """Per-process slices of deterministic global batches of vector data."""
 
@@ -246,11 +257,14 @@ def build(config) -> Experiment:
     return image_experiment.build(config)
   data = VectorDataProvider(config)
   dim = data.data.dim
-  net_over = {}
-  if config.policy.net.arch == "mlp":
-    net_over["out_dim"] = dim
+  net_over = {"out_dim": dim} if config.policy.net.arch == "mlp" else {}
+  return assemble(config, data, (config.training.batch_size, dim), net_over)
+
+
+def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=False, num_classes=0):
+  """The networks and policy of a config around already-built data."""
   try:
-    policy = build_policy(config, build_net(config.policy.net, **net_over))
+    policy = build_policy(config, build_net(config.policy.net, **(policy_net_overrides or {})))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   value_module = build_value(config)
@@ -258,6 +272,6 @@ def build(config) -> Experiment:
   nets = dxmi.Networks(
       policy=policy, value_apply=dxmi.module_apply(value_module),
       energy_apply=None if energy_module is None else dxmi.module_apply(energy_module, with_time=False))
-  return Experiment(config=config, data=data, data_shape=(config.training.batch_size, dim), policy=policy,
+  return Experiment(config=config, data=data, data_shape=tuple(data_shape), policy=policy,
                     value_module=value_module, energy_module=energy_module, nets=nets,
-                    cfg=dxmi_config(config), class_cond=False, num_classes=0)
+                    cfg=dxmi_config(config), class_cond=class_cond, num_classes=num_classes)

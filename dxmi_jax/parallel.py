@@ -18,21 +18,58 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def distributed_settings_from_env(env=None):
+  """(coordinator, num_processes, process_id) from DXMI_* variables, or None if unset.
+
+  Raises ValueError naming the variable when they are incomplete or malformed.
+  """
+  env = os.environ if env is None else env
+  coord = env.get("DXMI_COORDINATOR", "")
+  if not coord:
+    return None
+  if ":" not in coord:
+    raise ValueError(f"DXMI_COORDINATOR: expected host:port, got {coord!r}")
+  vals = {}
+  for name in ("DXMI_NUM_PROCESSES", "DXMI_PROCESS_ID"):
+    raw = env.get(name, "")
+    try:
+      vals[name] = int(raw)
+    except ValueError:
+      raise ValueError(f"{name}: expected an integer when DXMI_COORDINATOR is set, got {raw!r}") from None
+  n, i = vals["DXMI_NUM_PROCESSES"], vals["DXMI_PROCESS_ID"]
+  if n < 1 or not 0 <= i < n:
+    raise ValueError(f"DXMI_PROCESS_ID={i} / DXMI_NUM_PROCESSES={n}: expected 0 <= id < num_processes")
+  return coord, n, i
+
+
+def _auto_detect_multiprocess() -> bool:
+  env = os.environ
+  if env.get("DXMI_DISTRIBUTED", "") not in ("", "0"):
+    return True
+  for key in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    if env.get(key, "1").isdigit() and int(env.get(key, "1")) > 1:
+      return True
+  return "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host Cloud TPU slice
+
+
 def maybe_initialize_distributed():
   """``jax.distributed.initialize()`` when launched as several processes.
 
-  Auto-detected on TPU pods and SLURM/Open MPI; elsewhere set
-  DXMI_COORDINATOR=host:port, DXMI_NUM_PROCESSES and DXMI_PROCESS_ID.
+  Either explicit: DXMI_COORDINATOR=host:port (process 0's address, a free port),
+  DXMI_NUM_PROCESSES and DXMI_PROCESS_ID in every process; or JAX's cluster
+  auto-detection, used with DXMI_DISTRIBUTED=1 (e.g. every host of a TPU pod
+  slice) and automatically under multi-task SLURM / Open MPI jobs and when
+  TPU_WORKER_HOSTNAMES lists several hosts.  Must run before
+  anything touches a JAX backend.  Raises ValueError for malformed DXMI_* values.
   """
   if jax.distributed.is_initialized():
     return
-  coord = os.environ.get("DXMI_COORDINATOR")
-  if coord:
-    jax.distributed.initialize(coordinator_address=coord,
-                               num_processes=int(os.environ["DXMI_NUM_PROCESSES"]),
-                               process_id=int(os.environ["DXMI_PROCESS_ID"]))
-  elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")):
-    jax.distributed.initialize()
+  settings = distributed_settings_from_env()
+  if settings is not None:
+    coord, n, i = settings
+    jax.distributed.initialize(coordinator_address=coord, num_processes=n, process_id=i)
+  elif _auto_detect_multiprocess():
+    jax.distributed.initialize()  # cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...)
   else:
     return
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
@@ -73,6 +110,27 @@ def global_batch_from_local(local_tree, mesh: Mesh):
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
                       local_tree)
+
+
+def replicate(tree, mesh: Mesh):
+  """Host values (numpy or single-device arrays, equal on every process) -> replicated global arrays."""
+  sharding = replicated(mesh)
+
+  def one(a):
+    a = np.asarray(jax.device_get(a))
+    return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+  return jax.tree.map(one, tree)
+
+
+def check_same_on_all_processes(value: int, what: str):
+  """Raises ValueError if processes disagree on ``value`` (every process must call this)."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  values = np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))).reshape(-1)
+  if np.any(values != values[0]):
+    raise ValueError(f"{what} differs between processes: {values.tolist()} (process 0, 1, ...)")
 
 
 def to_host(tree):

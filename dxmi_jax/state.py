@@ -42,12 +42,15 @@ class DxMIState:
 
 def create_state(rng, policy_state: TrainState, value_state: TrainState, velocity_scale,
                  energy_state: Optional[TrainState] = None) -> DxMIState:
+  # TrainState.create leaves step a Python int; a strongly typed int32 keeps the
+  # compiled train step from being traced again once the step becomes an array.
+  fix = lambda ts: None if ts is None else ts.replace(step=jnp.asarray(ts.step, jnp.int32))
   return DxMIState(
       step=jnp.zeros((), jnp.int32),
       rng=rng,
-      policy=policy_state,
-      value=value_state,
-      energy=energy_state,
+      policy=fix(policy_state),
+      value=fix(value_state),
+      energy=fix(energy_state),
       velocity_scale=jnp.asarray(velocity_scale, jnp.float32),
       skipped=jnp.zeros((), jnp.int32),
       consecutive_skips=jnp.zeros((), jnp.int32),

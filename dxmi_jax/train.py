@@ -1,11 +1,34 @@
 """The loop: data -> train step -> log -> checkpoint -> evaluate; and the other modes.
 
 ``run(config, workdir, mode)`` with mode one of
-  train     DxMI training; resumes from <workdir>/checkpoints if present
+  train     DxMI training; resumes from <workdir>/checkpoints if present, else starts
+            from config.init.* (pretrained weights) or from scratch
   pretrain  DDPM epsilon-prediction pretraining of the policy network (<workdir>/pretrain)
   sample    restore the latest checkpoint and write <workdir>/samples.npz
   eval      restore the latest checkpoint and write an evaluation record
-Every check on user input runs before the workdir is touched.
+
+Every check on user input (config, pretrained weights, a resumed checkpoint's
+architecture) runs before the workdir is touched: bad input raises
+``experiment.ConfigError`` and leaves nothing on disk.
+
+Exact resume.  The checkpoint holds the whole state (parameters, optimiser
+states, AVR scales, the PRNG key, the step); iteration i draws its randomness
+from fold_in(key, i) and its batch from (seed, i); so a run killed at any point
+and restarted continues bit for bit.  metrics.jsonl is cut back to the restored
+step (records past it came from the lost stretch and are written again), and
+records are written at fixed steps (1, every log_every, the last) so a resumed
+run's file equals an uninterrupted one's, ``perf/`` fields aside.
+
+Checkpoints: every ``checkpoint_every`` steps (and with every intermediate
+evaluation) and once at the end, after the final evaluation, with its metrics;
+the last ``keep_checkpoints`` are kept, and with ``best_metric`` the best one by
+that evaluation metric also under checkpoints_best/ (direction: ``min:NAME`` /
+``max:NAME``, or by name, see ``checkpoint.HIGHER_IS_BETTER``).  A finished run
+started again does nothing (use --mode=eval to re-evaluate).
+
+Multi-host: every process runs this same loop on its slice of each global batch
+(``parallel``); all of them save and restore (Orbax coordinates them); only
+process 0 writes metrics, TensorBoard, figures and logs at INFO.
 """
 from __future__ import annotations
 
@@ -15,7 +38,6 @@ import time
 from typing import Dict, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -23,10 +45,13 @@ from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import dxmi, experiment, parallel, sampling, writers
 
 MODES = ("train", "pretrain", "sample", "eval")
+#: evaluation metrics of vector-data runs that can select the best checkpoint
+VECTOR_EVAL_METRICS = ("sw", "auc")
+_LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
 
 
 class TrainingError(RuntimeError):
-  pass
+  """The run cannot go on (e.g. repeated non-finite losses); the message says why."""
 
 
 def run(config, workdir: str, mode: str = "train"):
@@ -34,16 +59,39 @@ def run(config, workdir: str, mode: str = "train"):
     raise experiment.ConfigError(f"--mode: expected one of {MODES}, got {mode!r}")
   if not workdir:
     raise experiment.ConfigError("--workdir: required")
-  parallel.maybe_initialize_distributed()
+  try:
+    parallel.maybe_initialize_distributed()
+  except ValueError as e:
+    raise experiment.ConfigError(str(e)) from None
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # one log: process 0's
   exp = experiment.build(config)  # validates before anything is written
-  if mode in ("sample", "eval") and not ckpt_lib.has_checkpoint(workdir):
-    raise experiment.ConfigError(f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} "
-                                 f"to {mode} from (train first)")
+  validate_run(config, exp)
   workdir = os.path.abspath(workdir)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise experiment.ConfigError(f"--workdir: {workdir} exists and is not a directory")
+  latest = ckpt_lib.latest_step(workdir)
+  try:
+    parallel.check_same_on_all_processes(-1 if latest is None else latest,
+                                         f"the latest checkpoint step under {workdir}")
+  except ValueError as e:
+    raise experiment.ConfigError(f"--workdir: {e}; it must be a directory every host shares") from None
+  pretrained = None
+  if mode in ("sample", "eval"):
+    if latest is None:
+      raise experiment.ConfigError(f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} "
+                                   f"to {mode} from (train first)")
+    _check_checkpoint_fits(exp, workdir)
+  elif mode == "train":
+    if latest is not None:
+      _check_checkpoint_fits(exp, workdir)
+      if config.init.policy_checkpoint or config.init.value_checkpoint:
+        logging.warning("%s has checkpoints: resuming from them; config.init.* is ignored", workdir)
+    else:
+      pretrained = load_pretrained(exp)  # checks that the weights fit the architecture
+  os.makedirs(workdir, exist_ok=True)
   if mode == "train":
-    return train_and_evaluate(exp, workdir)
+    return train_and_evaluate(exp, workdir, pretrained)
   if mode == "pretrain":
     from dxmi_jax import pretrain  # pylint: disable=import-outside-toplevel
     return pretrain.pretrain(exp, workdir)
@@ -52,24 +100,80 @@ def run(config, workdir: str, mode: str = "train"):
   return evaluate_checkpoint(exp, workdir)
 
 
+def validate_run(config, exp):
+  """Checks of the loop's own options (experiment.validate checks the rest); ConfigError each."""
+  tc = config.training
+  for key, lo in (("log_every", 1), ("keep_checkpoints", 1), ("max_consecutive_skips", 1), ("eval_every", 0)):
+    if tc[key] < lo:
+      raise experiment.ConfigError(f"config.training.{key} must be >= {lo}, got {tc[key]}")
+  try:
+    parallel.check_batch_divisible(tc.batch_size)
+  except ValueError as e:
+    raise experiment.ConfigError(str(e)) from None
+  if tc.best_metric:
+    try:
+      name, _ = ckpt_lib.parse_best_metric(tc.best_metric)
+    except ValueError as e:
+      raise experiment.ConfigError(str(e)) from None
+    if exp.is_vector and name not in VECTOR_EVAL_METRICS:
+      raise experiment.ConfigError(f"config.training.best_metric: {name!r} is not an evaluation metric of "
+                                   f"vector data; expected one of {VECTOR_EVAL_METRICS}")
+
+
+def _check_checkpoint_fits(exp, workdir):
+  problem = ckpt_lib.check_compatible(workdir, exp.abstract_state())
+  if problem:
+    raise experiment.ConfigError(
+        f"--workdir: the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the configured "
+        f"architecture ({problem}); use the config it was trained with or a new workdir")
+
+
 # ------------------------------------------------------------------------ state
-def initial_state(exp, mesh):
-  """A fresh state (with pretrained weights from config.init.*), replicated on the mesh."""
+def load_pretrained(exp):
+  """config.init.* weights placed into an abstract state (None if not configured).
+
+  Runs before anything is written: a missing or mis-shaped checkpoint raises ConfigError.
+  """
+  if not (exp.config.init.policy_checkpoint or exp.config.init.value_checkpoint):
+    return None
   from dxmi_jax import init as init_lib  # pylint: disable=import-outside-toplevel
+  return init_lib.load_pretrained_into(exp, exp.abstract_state())
+
+
+_LOAD = object()
+
+
+def initial_state(exp, mesh, pretrained=_LOAD):
+  """A fresh state (with pretrained weights from config.init.*), replicated on the mesh.
+
+  ``pretrained``: what ``load_pretrained`` returned (default: load it now).
+  """
+  if pretrained is _LOAD:
+    pretrained = load_pretrained(exp)
   state = jax.jit(exp.init_state, out_shardings=parallel.replicated(mesh))(
       jax.random.PRNGKey(exp.config.training.seed))
-  return init_lib.load_pretrained_into(exp, state)
+  if pretrained is not None:  # loaded leaves replace the fresh ones; the rest stays as initialised
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    loaded = jax.tree_util.tree_leaves(pretrained)
+    assert len(loaded) == len(leaves)
+    leaves = [fresh if isinstance(pre, jax.ShapeDtypeStruct) else parallel.replicate(pre, mesh)
+              for fresh, pre in zip(leaves, loaded)]
+    state = jax.tree_util.tree_unflatten(treedef, leaves)
+  # committed to the mesh: an uncommitted state would make the train step trace twice
+  return jax.device_put(state, parallel.replicated(mesh))
 
 
-def restore_or_init(exp, workdir, mesh, ckpt):
-  abstract = exp.abstract_state()
+def _abstract_on(exp, mesh):
   repl = parallel.replicated(mesh)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), abstract)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
+
+
+def restore_or_init(exp, workdir, mesh, ckpt, pretrained=_LOAD):
+  """(state, step, meta) from the latest checkpoint, or a fresh state at step 0 (meta None)."""
   if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(abstract)
-    logging.info("resuming from step %d", int(meta["step"]))
-    return state, int(meta["step"])
-  return initial_state(exp, mesh), 0
+    state, meta = ckpt.restore(_abstract_on(exp, mesh))
+    return state, int(meta["step"]), meta
+  return initial_state(exp, mesh, pretrained), 0, None
 
 
 def compile_train_step(exp, mesh):
@@ -78,53 +182,88 @@ def compile_train_step(exp, mesh):
   return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
 
 
+def data_position(config, step: int) -> Dict:
+  """What a checkpoint records about the data stream: batch i is a pure function of
+  (data, seed, global batch size, i), so the position is the step."""
+  return {"step": int(step), "seed": int(config.training.seed), "batch_size": int(config.training.batch_size),
+          "data": config.data.name, "path": config.data.path}
+
+
 # ------------------------------------------------------------------------- train
-def train_and_evaluate(exp, workdir: str) -> Dict[str, float]:
+def train_and_evaluate(exp, workdir: str, pretrained=_LOAD) -> Dict[str, float]:
   config = exp.config
   tc = config.training
   mesh = parallel.make_mesh()
   ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=tc.best_metric,
                                async_save=tc.async_checkpoints)
-  state, start = restore_or_init(exp, workdir, mesh, ckpt)
-  writer = writers.MetricWriter(workdir)
-  writer.truncate_after(start)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
-  train_step = compile_train_step(exp, mesh)
-  t0 = time.time()
-  progress = writers.Progress(tc.num_iters, start)
-  check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
-  last_metrics = {}
-  step = start
   try:
+    state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
+    if meta is not None:
+      logging.info("resuming from step %d", start)
+      _warn_if_data_changed(config, meta)
+      if start >= tc.num_iters:
+        logging.info("the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
+                     "(raise num_iters to continue; --mode=eval to re-evaluate)", start, tc.num_iters)
+        return dict(meta.get("metrics", {}))
+    ckpt.prune_after(start)
+    return _train_loop(exp, workdir, mesh, ckpt, state, start)
+  finally:
+    ckpt.close()  # waits for pending asynchronous saves, also when the loop failed
+
+
+def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
+  config = exp.config
+  tc = config.training
+  writer = writers.MetricWriter(workdir, purge_step=start + 1 if start else None)
+  try:
+    writer.truncate_after(start)
+    if jax.process_index() == 0:
+      _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
+    train_step = compile_train_step(exp, mesh)
+    t0 = time.time()
+    progress = writers.Progress(tc.num_iters, start)
+    check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
+    last_metrics, skipped = {}, None
     for step in range(start, tc.num_iters):
       batch = parallel.global_batch_from_local(exp.data.local_batch(step), mesh)
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % check_every == 0 or done == tc.num_iters:
         _check_skips(state, tc.max_consecutive_skips, done)
-      if done % tc.log_every == 0 or done == tc.num_iters or done == start + 1:
+      record = done % tc.log_every == 0 or done == tc.num_iters or done == 1
+      if record or done == start + 1:  # + a first progress line after a resume
         flat = writers.flatten_metrics(parallel.to_host(metrics))
         flat.update(progress(done))
-        writer.write(done, flat)
-        writers.log_line(done, tc.num_iters, flat, ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss"))
+        if record:
+          writer.write(done, flat)
+        writers.log_line(done, tc.num_iters, flat, _LOG_KEYS)
+        skipped = _report_skips(flat, skipped)
         last_metrics = flat
-      eval_now = tc.eval_every and done % tc.eval_every == 0 and done != tc.num_iters
-      eval_metrics = evaluate(exp, state, workdir, done, writer, final=False) if eval_now else {}
+      if done == tc.num_iters:
+        break
+      eval_metrics = {}
+      if tc.eval_every and done % tc.eval_every == 0:
+        eval_metrics = evaluate(exp, state, workdir, done, writer, final=False)
       if done % tc.checkpoint_every == 0 or eval_metrics:
-        ckpt.save(done, state, metrics=eval_metrics, config_json=config.to_json_best_effort())
-  finally:
+        _save(ckpt, exp, done, state, eval_metrics)
+    end = max(start, tc.num_iters)
+    final = evaluate(exp, state, workdir, end, writer, final=True)
+    _save(ckpt, exp, end, state, final, final=True)
     ckpt.wait()
-  end = max(step + 1, start) if tc.num_iters > start else start
-  final = evaluate(exp, state, workdir, end, writer, final=True)
-  if ckpt.latest_step() != end:
-    ckpt.save(end, state, metrics=final, config_json=config.to_json_best_effort(), force=True)
-  ckpt.close()
-  writer.close()
+  finally:
+    writer.close()
   if jax.process_index() == 0:
     _announce(workdir, final, time.time() - t0)
   return dict(last_metrics, **final)
+
+
+def _save(ckpt, exp, step, state, metrics, final=False):
+  try:
+    ckpt.save(step, state, metrics=metrics,
+              meta={"data_position": data_position(exp.config, step), "final": final,
+                    "config": exp.config.to_json_best_effort()})
+  except ckpt_lib.NonFiniteStateError as e:
+    raise TrainingError(f"{e}; the last good checkpoint is step {ckpt.latest_step()}") from None
 
 
 def _check_skips(state, limit: int, step: int):
@@ -136,6 +275,31 @@ def _check_skips(state, limit: int, step: int):
         f"stopping at step {step}: {run} consecutive iterations had non-finite values in "
         f"{', '.join(names) or 'a loss or gradient'} (config.training.max_consecutive_skips={limit}); "
         f"lower the learning rates or check the data")
+
+
+def _report_skips(flat, previous):
+  total = flat.get("nonfinite/skipped_total")
+  if total is not None and previous is not None and total > previous:
+    bad = [q for q in dxmi.NONFINITE_QUANTITIES if flat.get(f"nonfinite/{q}")]
+    logging.warning("%d iteration(s) skipped so far for non-finite values (last: %s)", int(total),
+                    ", ".join(bad) or "see nonfinite/* in metrics.jsonl")
+  return total
+
+
+def _warn_if_data_changed(config, meta):
+  saved = meta.get("data_position") or {}
+  now = data_position(config, meta["step"])
+  changed = [k for k in ("seed", "batch_size", "data", "path") if k in saved and saved[k] != now[k]]
+  if changed:
+    logging.warning("resuming with a different %s than the checkpoint was trained with: the data stream "
+                    "differs from an uninterrupted run's", ", ".join(changed))
+
+
+def _atomic_write(path, text):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
 
 
 def _announce(workdir, final, seconds):
@@ -157,21 +321,29 @@ def evaluate(exp, state, workdir, step, writer, final: bool) -> Dict[str, float]
   """Vector data: SW and AUC (+ figure); images: proxy FID when configured."""
   if exp.is_vector:
     from dxmi_jax import eval2d  # pylint: disable=import-outside-toplevel
-    metrics = eval2d.evaluate_vector(exp, state, workdir if final else None)
+    # the (small) state as host arrays: every process evaluates locally, identically,
+    # with no cross-host arrays in the evaluation's own jits
+    metrics = eval2d.evaluate_vector(exp, parallel.to_host(state), workdir if final else None)
   else:
     from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
     metrics = image_experiment.evaluate(exp, state, workdir, step, writer, final)
   if metrics:
     writer.write(step, metrics, kind="eval")
     logging.info("eval @%d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    best = exp.config.training.best_metric
+    if best and ckpt_lib.parse_best_metric(best)[0] not in metrics:
+      logging.warning("config.training.best_metric=%r is not among the evaluation metrics %s", best,
+                      sorted(metrics))
   return metrics
 
 
 def _restore_latest(exp, workdir):
   mesh = parallel.make_mesh()
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
-  state, _ = restore_or_init(exp, workdir, mesh, ckpt)
-  ckpt.close()
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
+  try:
+    state, _, _ = restore_or_init(exp, workdir, mesh, ckpt)
+  finally:
+    ckpt.close()
   return state, mesh
 
 
@@ -181,7 +353,8 @@ def evaluate_checkpoint(exp, workdir):
   step = int(jax.device_get(state.step))
   out = evaluate(exp, state, workdir, step, writer, final=True)
   writer.close()
-  print(json.dumps({"step": step, **out}), flush=True)
+  if jax.process_index() == 0:
+    print(json.dumps({"step": step, **out}), flush=True)
   return out
 
 

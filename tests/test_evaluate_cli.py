@@ -3,6 +3,11 @@
 The Inception runs with the golden A5 recipe weights (saved as a torch-layout
 .npz, so no torch is needed) on 64x64 images at batch 2: one compile for the
 whole module.
+
+A 2048-d ``scipy.linalg.sqrtm`` takes tens of seconds on the 2-core test
+machine, so these tests replace ``fid.frechet_distance`` by a recorder and
+check that it receives exactly the right statistics; the distance itself is
+tested against closed forms in test_eval_metrics.py.
 """
 import json
 import os
@@ -20,6 +25,9 @@ from dxmi_jax.models import inception
 from conftest import golden_path  # pylint: disable=wrong-import-order
 
 
+N = 4  # samples are images[:N], reference images[N:]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   return tmp_path_factory.mktemp("evalcli")
@@ -35,15 +43,15 @@ def weights(workdir):
 
 @pytest.fixture(scope="module")
 def images():
-  """12 images 64x64: the 2 golden ones, then random and smooth ones."""
+  """8 images 64x64: the 2 golden ones, then smooth and random ones (4 samples, 4 reference)."""
   with np.load(golden_path("inception_fid_io.npz")) as z:
     gold = np.round(z["x"] * 255).astype(np.uint8).transpose(0, 2, 3, 1)
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[0:64, 0:64] / 64.0
   smooth = [np.stack([np.sin(6 * f * xx + c) * np.cos(4 * yy * f) for c in range(3)], -1)
-            for f in rng.uniform(0.5, 3, 5)]
+            for f in rng.uniform(0.5, 3, 3)]
   smooth = np.round((np.stack(smooth) + 1) * 127.5).astype(np.uint8)
-  noise = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+  noise = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
   return np.concatenate([gold, smooth, noise])
 
 
@@ -60,9 +68,33 @@ def feats(extractor, images):
 @pytest.fixture(scope="module")
 def files(workdir, images):
   samples, ref = workdir / "samples.npz", workdir / "ref_images.npz"
-  np.savez(samples, arr_0=images[:6])
-  np.savez(ref, arr_0=images[6:])
+  np.savez(samples, arr_0=images[:N])
+  np.savez(ref, arr_0=images[N:])
   return str(samples), str(ref)
+
+
+@pytest.fixture
+def fid_calls(monkeypatch):
+  """Records the statistics handed to the Fréchet distance; returns |mu1 - mu2|^2."""
+  calls = []
+
+  def recorder(mu1, sigma1, mu2, sigma2):
+    calls.append(tuple(np.asarray(a, np.float64) for a in (mu1, sigma1, mu2, sigma2)))
+    return float(np.sum((calls[-1][0] - calls[-1][2]) ** 2))
+
+  monkeypatch.setattr(fid_lib, "frechet_distance", recorder)
+  return calls
+
+
+def _stats(f):
+  f = np.asarray(f, np.float64)
+  return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _assert_stats(call, f_smp, ref_mu, ref_sigma):
+  mu1, s1 = _stats(f_smp)
+  for got, want in zip(call, (mu1, s1, ref_mu, ref_sigma)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def _run(capsys, *argv):
@@ -71,7 +103,7 @@ def _run(capsys, *argv):
   return rc, out, err
 
 
-def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, feats):
+def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, feats, fid_calls):
   samples, ref_images = files
   ref_stats = workdir / "ref_stats.npz"
   rc, out, err = _run(capsys, "stats", f"--npz={ref_images}", f"--out={ref_stats}",
@@ -79,79 +111,74 @@ def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, fe
   assert rc == 0, err
   assert "wrote" in out
   ref = fid_lib.load_reference(ref_stats)
-  f_ref, f_smp = feats["pool3"][6:].astype(np.float64), feats["pool3"][:6].astype(np.float64)
-  assert ref.n == 6 and ref.feature_extractor == features_lib.FEATURE_EXTRACTOR
+  f_ref, f_smp = feats["pool3"][N:].astype(np.float64), feats["pool3"][:N].astype(np.float64)
+  assert ref.n == N and ref.feature_extractor == features_lib.FEATURE_EXTRACTOR
   np.testing.assert_allclose(ref.mu, f_ref.mean(0), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(ref.sigma, np.cov(f_ref, rowvar=False), rtol=1e-6, atol=1e-7)
-  np.testing.assert_allclose(ref.features, feats["pool3"][6:], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ref.features, feats["pool3"][N:], rtol=1e-6, atol=1e-7)
 
   out_json = workdir / "res.json"
   rc, out, err = _run(capsys, samples, ref_stats, f"--inception_weights={weights}",
                       "--batch_size=2", "--is_splits=2", f"--json={out_json}")
   assert rc == 0, err
   res = json.loads(out_json.read_text())
-  expect_fid = fid_lib.frechet_distance(f_smp.mean(0), np.cov(f_smp, rowvar=False),
-                                        f_ref.mean(0), np.cov(f_ref, rowvar=False))
-  assert "fid" not in res  # 6 samples: only a proxy
-  np.testing.assert_allclose(res["fid_proxy_6"], expect_fid, rtol=1e-5)
-  pr = pr_lib.precision_recall(feats["pool3"][6:], feats["pool3"][:6])
+  assert len(fid_calls) == 1
+  _assert_stats(fid_calls[0], f_smp, *_stats(f_ref))
+  assert "fid" not in res  # 4 samples: only a proxy
+  assert res["fid_proxy_4"] == pytest.approx(np.sum((fid_calls[0][0] - fid_calls[0][2]) ** 2))
+  pr = pr_lib.precision_recall(feats["pool3"][N:], feats["pool3"][:N])
   assert (res["precision"], res["recall"]) == (pr["precision"], pr["recall"])
-  is_mean, _ = is_lib.inception_score(feats["logits_unbiased"][:6], num_splits=2)
+  is_mean, _ = is_lib.inception_score(feats["logits_unbiased"][:N], num_splits=2)
   np.testing.assert_allclose(res["inception_score"], is_mean, rtol=1e-5)
-  for line in ("fid_proxy_6: ", "precision: ", "recall: ", "inception_score: ",
-               "(6 images)", "differs slightly from OpenAI's TF evaluator"):
+  for line in ("fid_proxy_4: ", "precision: ", "recall: ", "inception_score: ",
+               "(4 images)", "differs slightly from OpenAI's TF evaluator"):
     assert line in out
 
 
-def test_evaluate_against_itself_is_perfect(capsys, weights, files):
+def test_evaluate_against_itself_is_perfect(capsys, weights, files, feats, fid_calls):
   samples, _ = files
   rc, out, err = _run(capsys, samples, samples, f"--inception_weights={weights}",
                       "--batch_size=2", "--is_splits=3")
   assert rc == 0, err
   vals = dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
-  assert abs(float(vals["fid_proxy_6"])) < 1e-3
+  _assert_stats(fid_calls[0], feats["pool3"][:N], *_stats(feats["pool3"][:N]))
   assert float(vals["precision"]) == 1.0 and float(vals["recall"]) == 1.0
+  assert "(3 splits)" in vals["inception_score"]
 
 
 def test_openai_style_reference_uses_stored_stats_and_notes_the_extractor(
-    capsys, workdir, weights, files, images, feats):
+    capsys, workdir, weights, files, images, feats, fid_calls):
   samples, _ = files
-  f_ref = feats["pool3"][6:].astype(np.float64)
+  f_ref = feats["pool3"][N:].astype(np.float64)
   virtual = workdir / "VIRTUAL_tiny.npz"
-  np.savez(virtual, arr_0=images[6:], mu=f_ref.mean(0) + 1.0, sigma=np.cov(f_ref, rowvar=False))
+  np.savez(virtual, arr_0=images[N:], mu=f_ref.mean(0) + 1.0, sigma=np.cov(f_ref, rowvar=False))
   rc, out, err = _run(capsys, samples, virtual, f"--inception_weights={weights}",
                       "--batch_size=2", "--is_splits=2")
   assert rc == 0, err
   assert "different feature extractor" in out
-  stored = float(dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)["fid_proxy_6"])
-  rc, out, _ = _run(capsys, samples, virtual, f"--inception_weights={weights}",
-                    "--batch_size=2", "--is_splits=2", "--recompute_reference_stats")
-  recomputed = float(dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)["fid_proxy_6"])
-  # The stored mean was shifted by 1 in each of the 2048 dimensions.
-  f_smp = feats["pool3"][:6].astype(np.float64)
-  np.testing.assert_allclose(stored - recomputed,
-                             2048 - 2 * np.sum(f_ref.mean(0) - f_smp.mean(0)), rtol=1e-3)
+  mu_ref, sigma_ref = _stats(f_ref)
+  _assert_stats(fid_calls[0], feats["pool3"][:N], mu_ref + 1.0, sigma_ref)  # stored stats
+  rc, out, err = _run(capsys, samples, virtual, f"--inception_weights={weights}",
+                      "--batch_size=2", "--is_splits=2", "--recompute_reference_stats")
+  assert rc == 0, err
+  assert "different feature extractor" not in out
+  _assert_stats(fid_calls[1], feats["pool3"][:N], mu_ref, sigma_ref)  # recomputed from arr_0
 
 
-def test_stats_from_folder_equals_npz(capsys, workdir, weights, images, files):
+def test_stats_from_folder_equals_npz(capsys, workdir, weights, images, feats):
   folder = workdir / "pngs"
   folder.mkdir()
-  for i, im in enumerate(images[6:]):
+  for i, im in enumerate(images[N:]):
     Image.fromarray(im).save(folder / f"{i:03d}.png")
   out_path = workdir / "ref_folder.npz"
   rc, _, err = _run(capsys, "stats", f"--folder={folder}", f"--out={out_path}",
-                    f"--inception_weights={weights}", "--batch_size=2", "--pr_features=4")
+                    f"--inception_weights={weights}", "--batch_size=2", "--pr_features=3")
   assert rc == 0, err
   a = fid_lib.load_reference(out_path)
-  b = features_lib.RunningStatistics().update(
-      evaluate_features(weights, images[6:]))
-  np.testing.assert_allclose(a.mu, b.mean, rtol=1e-6, atol=1e-7)
-  assert a.features.shape == (4, 2048) and a.source.startswith("folder:")
-
-
-def evaluate_features(weights, imgs):
-  return features_lib.InceptionFeatureExtractor.from_weights(weights, batch_size=2).features(
-      imgs)["pool3"]
+  mu, sigma = _stats(feats["pool3"][N:])  # PNG is lossless: the same pixels
+  np.testing.assert_allclose(a.mu, mu, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(a.sigma, sigma, rtol=1e-5, atol=1e-6)
+  assert a.features.shape == (3, 2048) and a.source.startswith("folder:")
 
 
 class _FakeSource(list):
@@ -170,11 +197,11 @@ def test_stats_from_tfds_data_source(capsys, monkeypatch, workdir, weights, imag
   out_path = workdir / "ref_tfds.npz"
   rc, _, err = _run(capsys, "stats", "--tfds=cifar10:3.0.2:train[:5]", f"--out={out_path}",
                     "--data_dir=/nowhere", f"--inception_weights={weights}", "--batch_size=2",
-                    "--max_images=4")
+                    "--max_images=3")
   assert rc == 0, err
   assert calls == {"name": "cifar10:3.0.2", "split": "train[:5]", "data_dir": "/nowhere"}
   ref = fid_lib.load_reference(out_path)
-  assert ref.n == 4 and ref.source == "tfds:cifar10:3.0.2:train[:5]"
+  assert ref.n == 3 and ref.source == "tfds:cifar10:3.0.2:train[:5]"
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 1

@@ -62,6 +62,16 @@ def test_resize_matches_torch_interpolate(io):
   np.testing.assert_allclose(got, io["x_resized299"], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("hw", [(17, 40), (320, 411)])
+def test_resize_matches_torch_for_up_and_downsampling(hw):
+  torch = pytest.importorskip("torch", reason="compares with torch F.interpolate")
+  x = np.random.default_rng(0).uniform(size=(1, 3) + hw).astype(np.float32)
+  want = torch.nn.functional.interpolate(torch.from_numpy(x), size=(299, 299), mode="bilinear",
+                                         align_corners=False).numpy()
+  got = np.asarray(inception.resize_bilinear_299(jnp.asarray(x.transpose(0, 2, 3, 1))))
+  np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-6)
+
+
 def test_pool3_matches_golden(forward, io):
   np.testing.assert_allclose(forward["pool3"], io["pool3"], **TOL)
   # The float64 reference bounds the float32 rounding of both implementations.

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import GOLDEN, REFERENCE, golden_path
+from conftest import REFERENCE, golden_path
 from dxmi_jax import convert
 from dxmi_jax.models import registry
 from dxmi_jax.models.adm_unet import (adm_imagenet64, adm_lsun256, adm_timestep_embedding,
@@ -40,10 +40,6 @@ def _nhwc(a):
   return np.asarray(a).transpose(0, 2, 3, 1)
 
 
-def _n_params(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
 def _read_listing(path):
   """{key: shape} of a `key<TAB>shape<TAB>dtype[<TAB>kind]` listing (``#`` lines skipped)."""
   out = {}
@@ -66,18 +62,25 @@ def _read_listing(path):
     ("igebm", igebm_nh128, 5_134_595),
 ])
 def test_real_config_param_counts(arch, cfg_fn, count):
-  assert _n_params(registry.param_shapes(arch, cfg_fn())) == count
+  shapes = convert.expected_state_dict_shapes(arch, cfg_fn())  # eval_shape of init, cached
+  assert sum(int(np.prod(s)) for s in shapes.values()) == count
 
 
-@pytest.mark.parametrize("listing,arch,cfg", [
-    (REFERENCE / "state_dict_keys" / "cifar10_ddpm_unet_small_T10.txt", "ddpm_unet", ddpm_cifar10()),
-    (REFERENCE / "state_dict_keys" / "imagenet64_edm_T10_unet.txt", "adm_unet", adm_imagenet64()),
-    (REFERENCE / "state_dict_keys" / "lsun_bedroom256_edm_T4_unet.txt", "adm_unet", adm_lsun256()),
-    (REFERENCE / "state_dict_keys" / "value_IGEBMEncoderV2_nh128.txt", "igebm", igebm_nh128()),
-] + [(GOLDEN / f"{name}_keys.txt", arch, cfg) for name, (arch, cfg) in SMALL.items()],
-    ids=lambda v: getattr(v, "name", None))
+LISTINGS = [
+    ("cifar10_ddpm_unet_small_T10.txt", "ddpm_unet", ddpm_cifar10()),
+    ("imagenet64_edm_T10_unet.txt", "adm_unet", adm_imagenet64()),
+    ("lsun_bedroom256_edm_T4_unet.txt", "adm_unet", adm_lsun256()),
+    ("value_IGEBMEncoderV2_nh128.txt", "igebm", igebm_nh128()),
+] + [(f"golden:{name}_keys.txt", arch, cfg) for name, (arch, cfg) in SMALL.items()]
+
+
+@pytest.mark.parametrize("listing,arch,cfg", LISTINGS, ids=[l[0] for l in LISTINGS])
 def test_state_dict_layout_matches_official_listing(listing, arch, cfg):
-  official = _read_listing(listing)
+  if listing.startswith("golden:"):
+    path = golden_path(listing[len("golden:"):])
+  else:
+    path = REFERENCE / "state_dict_keys" / listing
+  official = _read_listing(path)
   extras = {k: official.pop(k) for k in ("log_betas", "std") if k in official}
   assert set(extras) <= set(convert._EXTRA_KEYS[arch])  # pylint: disable=protected-access
   ours = convert.expected_state_dict_shapes(arch, cfg)
@@ -114,6 +117,8 @@ def test_karras_scalings_match_golden():
   c_skip, c_out, c_in, c_noise = karras_scalings(g["sigma"])
   for ours, name in [(c_skip, "c_skip"), (c_out, "c_out"), (c_in, "c_in"), (c_noise, "t")]:
     np.testing.assert_allclose(ours, g[name], rtol=1e-6, err_msg=name)
+  # sigma = 0: torch's log(0 + 1e-44) sees the float32 subnormal 1e-44, not -inf.
+  np.testing.assert_allclose(karras_scalings(0.0)[3], 250 * np.log(np.float32(1e-44)), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,11 +132,11 @@ def golden_net():
                       "torch (pip install -e '.[convert]')")
   cache = {}
 
-  def get(name, dtype="float32"):
+  def get(name, dtype=None):  # dtype: a UNet activation dtype override
     if (name, dtype) not in cache:
       arch, cfg = SMALL[name]
       _, params, extras = convert.from_torch_with_extras(golden_path(f"{name}.pt"), arch, **cfg)
-      model = registry.build(arch, cfg, dtype=dtype) if dtype != "float32" else registry.build(arch, cfg)
+      model = registry.build(arch, cfg, **({} if dtype is None else {"dtype": dtype}))
       apply = jax.jit(lambda p, x, t, y: model.apply({"params": p}, x, t, y))
       cache[name, dtype] = (model, params, extras, apply, np.load(golden_path(f"{name}_io.npz")))
     return cache[name, dtype]
@@ -139,6 +144,7 @@ def golden_net():
   return get
 
 
+@pytest.mark.torch
 def test_ddpm_unet_golden(golden_net):
   _, params, extras, apply, g = golden_net("unet_small")
   with jax.default_matmul_precision("highest"):
@@ -150,16 +156,19 @@ def test_ddpm_unet_golden(golden_net):
   np.testing.assert_array_equal(extras["std"], s["var_T10/std"])
 
 
+@pytest.mark.torch
 def test_adm_unet_and_edm_denoiser_golden(golden_net):
   _, params, extras, apply, g = golden_net("adm_cond")
   with jax.default_matmul_precision("highest"):
     out = apply(params, _nhwc(g["unet_in"]), g["t"], g["y"])
-    denoised = edm_denoise(lambda u, t, y: apply(params, u, t, y), _nhwc(g["x"]), g["sigma"], g["y"])
+    denoised = edm_denoise(lambda u, t, y: apply(params, u, t, y), _nhwc(g["x"]), g["sigma"],
+                           g["y"])
   np.testing.assert_allclose(_nchw(out), g["out"], **TOL)
   np.testing.assert_allclose(_nchw(denoised), g["denoised"], **TOL)  # sigma = 80, 2.5, 0.05
   np.testing.assert_array_equal(extras["log_betas"], g["log_betas"])
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["igebm", "igebm_cond"])
 def test_igebm_value_golden(golden_net, name):
   _, params, extras, apply, g = golden_net(name)
@@ -172,6 +181,7 @@ def test_igebm_value_golden(golden_net, name):
   np.testing.assert_array_equal(out, out_other_t)  # time-independent
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("name", ["unet_small", "adm_cond"])
 def test_bf16_activations_close_to_float32(golden_net, name):
   """bf16 activations (float32 params) on the golden inputs.
@@ -183,7 +193,7 @@ def test_bf16_activations_close_to_float32(golden_net, name):
   network gives O(100%); the lower bound checks that bf16 is really in use.
   """
   _, params, _, apply32, g = golden_net(name)
-  model16, _, _, apply16, _ = golden_net(name, "bfloat16")
+  model16, _, _, apply16, _ = golden_net(name, jnp.bfloat16)
   x = _nhwc(g["unet_in"] if "unet_in" in g else g["x"])
   y = g["y"] if "y" in g else None
   with jax.default_matmul_precision("highest"):
@@ -218,7 +228,8 @@ def test_label_contract(arch, cfg, y, msg):
 
 
 def test_dropout_uses_the_dropout_stream():
-  cfg = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.5, resolution=8)
+  cfg = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.5,
+             resolution=8)
   model = registry.build("ddpm_unet", cfg)
   rng = np.random.default_rng(0)  # random values without compiling model.init (slow on CPU)
   params = jax.tree.map(lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), jnp.float32),

@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
@@ -46,7 +47,11 @@ class ReferenceFileError(features_lib.EvaluationInputError):
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-  return linalg.sqrtm(a)
+  # Covariances of fewer samples than dimensions are singular by construction;
+  # scipy's LinAlgWarning about it is noise here (non-finite results are handled).
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", linalg.LinAlgWarning)
+    return linalg.sqrtm(a)
 
 
 def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6,

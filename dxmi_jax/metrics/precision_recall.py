@@ -84,6 +84,8 @@ def _blocks(x: np.ndarray, size: int):
 
 
 def _check(features: Any, name: str, k: int) -> np.ndarray:
+  if k < 1:
+    raise features_lib.EvaluationInputError(f"k must be >= 1, got {k}")
   x = np.asarray(features, dtype=np.float32)
   if x.ndim != 2:
     raise features_lib.EvaluationInputError(f"{name}: features must be (N, D), got {x.shape}")

@@ -1,4 +1,14 @@
-"""ADM / consistency-models UNet (``models/cm/unet.py::UNetModel``) and EDM preconditioning."""
+"""ADM / consistency-models UNet (``models/cm/unet.py::UNetModel``) and EDM preconditioning.
+
+``karras_scalings`` / ``edm_denoise`` are the consistency-models ``KarrasDenoiser``
+(sigma_data 0.5, no distillation): D(x, sigma, y) = c_skip x + c_out F(c_in x, 250 ln sigma, y).
+``ADMUNet`` is the raw F; its numerics differ from the DDPM UNet in several places
+(golden README A2, reference §4.3): [cos, sin] embedding with denominator ``half``,
+GroupNorm eps 1e-5 in float32, qkv channels laid out (three, heads, d) with d^-1/4
+on q and k, zero-initialised output convs, and the label embedding added to the
+time embedding.  Submodule names mirror the torch keys (``input_blocks_3_1/qkv``
+<-> ``input_blocks.3.1.qkv``).
+"""
 from __future__ import annotations
 
 import math
@@ -14,6 +24,7 @@ from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2,
 
 Dtype = Any
 _GN_EPS = 1e-5
+_LOG_TINY = float(np.log(np.float32(1e-44)))  # log of float32(1e-44) = 9.8e-45 (subnormal)
 
 
 def karras_scalings(sigma, sigma_data: float = 0.5) -> Tuple[jnp.ndarray, ...]:
@@ -27,7 +38,9 @@ def karras_scalings(sigma, sigma_data: float = 0.5) -> Tuple[jnp.ndarray, ...]:
   c_skip = sd2 / (sigma ** 2 + sd2)
   c_out = sigma * sigma_data / jnp.sqrt(sigma ** 2 + sd2)
   c_in = 1.0 / jnp.sqrt(sigma ** 2 + sd2)
-  c_noise = 1000.0 * 0.25 * jnp.log(sigma + 1e-44)
+  # torch adds 1e-44 (a float32 subnormal) so that sigma = 0 maps to log(9.8e-45); XLA flushes
+  # subnormals to zero, so that case is spelled out.  For normal sigma the add is a no-op.
+  c_noise = 1000.0 * 0.25 * jnp.where(sigma == 0, _LOG_TINY, jnp.log(sigma))
   return c_skip, c_out, c_in, c_noise
 
 

@@ -19,7 +19,7 @@ Submodule names mirror the torch keys (``down_1_block_0/norm1`` <->
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax

@@ -19,7 +19,7 @@ Parameters are always float32; ``dtype`` is the computation (activation) dtype.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax

@@ -72,8 +72,9 @@ def default_config(arch: str) -> ml_collections.ConfigDict:
 def resolve_config(arch: str, cfg=None, **overrides) -> ml_collections.ConfigDict:
   """default_config(arch) updated by ``cfg`` (a mapping) and ``overrides``; unknown keys fail.
 
-  Sequences become tuples and integers given for float fields become floats, so
-  both ``ch_mult=[1, 2, 2]`` and ``dropout=0`` work.
+  Sequences become tuples, integers given for float fields become floats and
+  dtypes are stored by name, so ``ch_mult=[1, 2, 2]``, ``dropout=0`` and
+  ``dtype=jnp.bfloat16`` all work.
   """
   out = default_config(arch)
   merged = dict(cfg or {})
@@ -84,7 +85,9 @@ def resolve_config(arch: str, cfg=None, **overrides) -> ml_collections.ConfigDic
                      f"valid keys: {sorted(out.keys())}")
   with out.unlocked():
     for k, v in merged.items():
-      if isinstance(v, (list, tuple)):
+      if k == "dtype":
+        v = canonical_dtype(v).name
+      elif isinstance(v, (list, tuple)):
         v = tuple(v)
       elif isinstance(out[k], float) and isinstance(v, int) and not isinstance(v, bool):
         v = float(v)

@@ -1,0 +1,143 @@
+"""DxMI on scikit-learn's handwritten digits: the CIFAR-10 image pipeline, CPU-sized, on real data.
+
+Data: ``sklearn.datasets.load_digits`` (1,797 real 8x8 grey images, 10 classes), the fixed
+RNG-free split of ``dxmi_jax.data.digits`` (train 1,442 / test 355), one channel in [-1, 1].
+We train on the train split; the digits metric (``dxmi_jax.metrics.digits_classifier``)
+compares samples with the *test* split.
+
+Image size 8 (native), not 16 (zero-padded).  The padded frame adds a 4-pixel border that
+is always background: 4x the pixels per convolution for no information.  At 8x8 the DDPM
+UNet with ch_mult (1, 2) downsamples once (8 -> 4) and attends at 4x4 (16 tokens) plus the
+middle block; the IGEBM value downsamples three times (8 -> 4 -> 2 -> 1) and then sums over
+the single remaining position, which is well defined.
+
+Networks (the CIFAR-10 families, smaller):
+  policy  DDPM UNet, ch 64, ch_mult (1, 2), 2 res blocks, attention at 4x4, dropout 0.1
+          (CIFAR: ch 128, (1, 2, 2, 2), 2 blocks, attention at 16, dropout 0.1).  GroupNorm(32)
+          needs ch to be a multiple of 32.
+  value   IGEBM (time-independent, shared value/energy), nh 32, in_chan 1 (CIFAR: nh 128).
+
+Pretraining (``--mode=pretrain``): DDPM epsilon prediction on the 1000-step linear schedule,
+Adam with warm-up and an EMA of the weights (``dxmi_jax.pretrain``); sized to finish in well
+under 20 minutes on 2 CPU cores (see ``/work/notes/readme_digits.md`` for measured times).
+
+DxMI fine-tuning: the CIFAR-10 trainer semantics unchanged (DxMI_Trainer: Adam, one random
+policy minibatch of B transitions per iteration, policy grad clip 0.1 for the UNet and the
+log-sigmas together, dropout on in the policy update, shared value/energy, no value clip,
+tau1 0.1, tau2 0.01, gamma 1, AVR 0.99, sigmoid time cost).  Changed hyper-parameters:
+
+  policy_lr        1e-7 -> 1e-5   CIFAR fine-tunes for 78,000 iterations; we have ~1,000. With
+                                  grad clip 0.1 the Adam step size, not the gradient scale, sets
+                                  how far the policy moves, so 100x the rate for ~1/80 of the
+                                  iterations moves it a comparable distance.
+  policy_sigma_lr  1e-5 -> 1e-3   the same factor for the log-sigmas.
+  value_lr         1e-5 -> 1e-4   a fresh, small value network must become a useful energy
+                                  within a few hundred iterations.
+  batch_size       128 -> 64      CPU budget (one iteration rolls out B x T states).
+  num_iters        78,000 -> 600  CPU budget.
+  seed             112233 kept.
+
+Variants (``--config=configs/digits.py:<variant>``, comma-separated):
+  default  T=10                 t4  T=4
+  smoke    tiny nets, 2 pretrain and 2 DxMI iterations, for tests.
+
+    python main.py --config=configs/digits.py --workdir=runs/digits_ddpm --mode=pretrain
+    python main.py --config=configs/digits.py --workdir=runs/digits_t10 \
+        --config.init.policy_checkpoint=runs/digits_ddpm
+"""
+from configs import default
+from dxmi_jax.models import registry
+
+IMAGE_SIZE = 8
+
+
+def get_config(variant: str = ""):
+  c = default.get_config()
+  c.experiment = "digits"
+  c.data.name = "digits"
+  c.data.image_size = IMAGE_SIZE
+  c.data.channels = 1
+  c.data.random_flip = False        # digits are not mirror-symmetric
+  c.data.class_cond = False
+  c.data.num_workers = 1
+
+  c.policy.kind = "var"
+  c.policy.num_steps = 10
+  c.policy.trainable_sigma = "fix_last"
+  c.policy.net = registry.resolve_config(
+      "ddpm_unet", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+      resolution=IMAGE_SIZE, in_channels=1, out_ch=1)
+  with c.policy.net.unlocked():
+    c.policy.net.arch = "ddpm_unet"
+  c.value = registry.resolve_config("igebm", nh=32, in_chan=1)
+  with c.value.unlocked():
+    c.value.arch = "igebm"
+  c.energy = c.value.copy_and_resolve_references()
+
+  c.dxmi.tau1 = 0.1
+  c.dxmi.tau2 = 0.01
+  c.dxmi.gamma = 1.0
+  c.dxmi.adavelreg = 0.99
+  c.dxmi.time_cost_sig = 1.0
+  c.dxmi.time_cost = 0.0
+  c.dxmi.skip_sampler_tau = 0
+  c.dxmi.policy_minibatches = 1      # n_generator = 1 (CIFAR trainer)
+  c.dxmi.value_resample = False
+  c.dxmi.policy_train_mode = True    # dropout on in the policy update (CIFAR trainer)
+
+  c.optim.policy = "adam"
+  c.optim.policy_lr = 5e-5
+  c.optim.policy_sigma_lr = 1e-2
+  c.optim.policy_grad_clip = 0.1
+  c.optim.value = "adam"
+  c.optim.value_lr = 1e-3
+  c.optim.value_grad_clip = 0.0
+
+  c.training.batch_size = 32
+  c.training.num_iters = 40
+  c.training.seed = 112233
+  c.training.log_every = 5
+  c.training.checkpoint_every = 40
+  c.training.keep_checkpoints = 1
+  c.training.eval_every = 0
+  c.training.best_metric = ""
+  c.training.async_checkpoints = False
+
+  c.pretrain.num_iters = 1000
+  c.pretrain.batch_size = 128
+  c.pretrain.lr = 1e-3
+  c.pretrain.warmup = 100
+  c.pretrain.ema = 0.995            # 0.999 would still hold 0.999^1000 = 37% of the random init
+
+  c.sample.num = 1000
+  c.sample.batch_size = 500
+  c.sample.rounding = "round"
+  c.eval.fid_num_samples = 1000
+
+  for v in filter(None, variant.split(",")):
+    if v == "t4":
+      c.policy.num_steps = 4
+    elif v == "smoke":
+      smoke(c)
+    else:
+      raise ValueError(f"configs/digits.py: unknown variant {v!r}; expected t4 or smoke")
+  return c
+
+
+def smoke(c):
+  """Tiny networks of the same families, 2 pretrain and 2 DxMI iterations (tests, CPU)."""
+  c.experiment += "_smoke"
+  net = c.policy.net
+  net.ch, net.ch_mult, net.num_res_blocks, net.attn_resolutions = 32, (1, 2), 1, (4,)
+  c.value.nh = 8
+  c.energy.nh = 8
+  c.training.batch_size = 8
+  c.training.num_iters = 2
+  c.training.log_every = 1
+  c.training.checkpoint_every = 2
+  c.pretrain.num_iters = 2
+  c.pretrain.batch_size = 8
+  c.pretrain.warmup = 1
+  c.sample.num = 16
+  c.sample.batch_size = 8
+  c.eval.fid_num_samples = 16

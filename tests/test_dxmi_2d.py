@@ -1,0 +1,218 @@
+"""The DxMI train step on the 2D problem: shapes, jit equivalence, tracing, devices, end to end."""
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO
+from dxmi_jax import dxmi, eval2d, experiment, parallel, train
+from dxmi_jax.metrics import vector
+
+T, B = 3, 64
+
+
+def tiny_config(**over):
+  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
+  c = gaussians2d.get_config()
+  c.policy.num_steps = T
+  c.training.batch_size = B
+  c.policy.net.hidden = (32, 32)
+  c.value.hidden = (32, 32)
+  c.eval.num_samples = 2000
+  c.eval.sw_projections = 200
+  for k, v in over.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+@pytest.fixture(scope="module")
+def exp():
+  return experiment.build(tiny_config())
+
+
+def test_rollout_shapes_and_finite(exp):
+  state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
+  noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.cfg, exp.policy)
+  traj = jax.jit(lambda p, x0, n: dxmi.rollout(exp.policy, p, x0, n))(state.policy.params, noise.x0, noise.rollout)
+  chex.assert_shape([traj.states, traj.next_states, traj.means], (T, B, 2))
+  chex.assert_shape([traj.sigmas, traj.log_sigmas], (T, B))
+  chex.assert_tree_all_finite(traj)
+  # the chain is consistent: x_{t+1} of step t is x_t of step t+1, and x_0 is the prior draw
+  np.testing.assert_array_equal(traj.states[1:], traj.next_states[:-1])
+  np.testing.assert_array_equal(traj.states[0], noise.x0)
+  # the last VAR step uses the fixed std 0.001 (fix_last)
+  np.testing.assert_allclose(traj.sigmas[-1], 1e-3, rtol=1e-6)
+
+
+class TestIteration(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_matches_eager(self):
+    exp = experiment.build(tiny_config())
+    state = exp.init_state(jax.random.PRNGKey(0))
+    batch = {"x": jnp.asarray(exp.data.local_batch(0)["x"])}
+    noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.cfg, exp.policy)
+    fn = self.variant(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.cfg))
+    new_state, aux = fn(state, batch, noise)
+    chex.assert_tree_all_finite(new_state)
+    chex.assert_trees_all_equal_shapes(new_state.policy.params, state.policy.params)
+    chex.assert_trees_all_equal_shapes(new_state.value.params, state.value.params)
+    ref_state, _ = jax.jit(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.cfg))(state, batch, noise)
+    chex.assert_trees_all_close(new_state.policy.params, ref_state.policy.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(new_state.value.params, ref_state.value.params, rtol=1e-5, atol=1e-6)
+    # the iteration moved every network
+    assert not np.allclose(new_state.value.params["dense_0"]["kernel"], state.value.params["dense_0"]["kernel"])
+    assert not np.allclose(new_state.policy.params["net"]["dense_0"]["kernel"],
+                           state.policy.params["net"]["dense_0"]["kernel"])
+    chex.assert_shape(aux["td"]["target"], (T, B))
+
+
+def test_train_step_traces_once(exp):
+  mesh = parallel.make_mesh()
+  raw = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh)
+  counted = chex.assert_max_traces(raw, n=1)
+  # jitted exactly as train.compile_train_step does it (explicit in/out shardings)
+  repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  step = jax.jit(counted, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
+  state = train.initial_state(exp, mesh)
+  for i in range(4):
+    state, metrics = step(state, parallel.global_batch_from_local(exp.data.local_batch(i), mesh))
+  assert int(state.step) == 4
+  chex.assert_tree_all_finite(metrics)
+  chex.assert_shape(metrics["value/step"], (T,))
+
+
+def test_separate_energy_variant_runs():
+  """The anomaly-detection trainer: separate energy, time-dependent value, full recursion in V."""
+  exp = experiment.build(tiny_config(**{
+      "dxmi.separate_energy": True, "dxmi.gamma": 0.0, "dxmi.velocity_in_value": 0,
+      "dxmi.entropy_in_value": 0, "dxmi.time_cost_sig": 0.0, "dxmi.value_resample": True,
+      "optim.energy_grad_clip": 0.1}))
+  step = jax.jit(dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape))
+  state = exp.init_state(jax.random.PRNGKey(0))
+  assert state.energy is not None
+  new, metrics = step(state, {"x": jnp.asarray(exp.data.local_batch(0)["x"])})
+  chex.assert_tree_all_finite(new)
+  assert not np.allclose(new.energy.params["dense_0"]["kernel"], state.energy.params["dense_0"]["kernel"])
+  assert "weight_norm/energy" in metrics
+
+
+_DEVICE_SCRIPT = r"""
+import json, sys
+import jax, jax.numpy as jnp
+sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
+from test_dxmi_2d import tiny_config
+from dxmi_jax import experiment, parallel, train, writers
+exp = experiment.build(tiny_config())
+mesh = parallel.make_mesh()
+state = train.initial_state(exp, mesh)
+step = train.compile_train_step(exp, mesh)
+out = []
+for i in range(5):
+  state, m = step(state, parallel.global_batch_from_local(exp.data.local_batch(i), mesh))
+  out.append(writers.flatten_metrics(parallel.to_host(m)))
+print("RESULT" + json.dumps({{"devices": jax.device_count(), "metrics": out}}))
+"""
+
+
+def _run_devices(n):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT.format(repo=str(REPO))], env=env, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_one_vs_eight_devices_same_metrics():
+  one, eight = _run_devices(1), _run_devices(8)
+  assert one["devices"] == 1 and eight["devices"] == 8
+  for step, (a, b) in enumerate(zip(one["metrics"], eight["metrics"])):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=1e-5, err_msg=f"step {step + 1}: {k}")
+
+
+def test_end_to_end_2d_improves_sw(tmp_path):
+  c = tiny_config(**{"training.num_iters": 400, "training.log_every": 100, "training.checkpoint_every": 400,
+                     "policy.net.hidden": (64, 64), "value.hidden": (64, 64),
+                     "optim.policy_lr": 2e-3, "optim.value_lr": 2e-3})
+  exp = experiment.build(c)
+  untrained = eval2d.evaluate_vector(exp, exp.init_state(jax.random.PRNGKey(c.training.seed)))
+  final = train.run(c, str(tmp_path), "train")
+  assert final["sw"] < 0.6 * untrained["sw"], (final, untrained)
+  assert final["auc"] > 0.75, final
+  recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert recs[-1]["kind"] == "eval" and "sw" in recs[-1] and "auc" in recs[-1]
+  assert (tmp_path / "figure.png").stat().st_size > 1000
+  assert any(n.isdigit() for n in os.listdir(tmp_path / "checkpoints"))
+
+
+# ------------------------------------------------------------------ metrics
+def test_sliced_wasserstein_closed_form():
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((5000, 2))
+  c = np.array([3.0, -4.0])
+  # W2 between a set and its translate is |theta . c| per direction; E(theta.c)^2 = |c|^2 / 2 in 2D
+  sw = vector.sliced_wasserstein(x, x + c, num_projections=20000, p=2)
+  np.testing.assert_allclose(sw, np.linalg.norm(c) / np.sqrt(2), rtol=0.01)
+  assert vector.sliced_wasserstein(x, x, 100) == 0.0
+  assert vector.sliced_wasserstein(x, x[::-1], 100) < 1e-12  # permutation-invariant
+
+
+def test_auc_and_ideal_density():
+  assert vector.auc([2, 3, 4], [0, 1]) == 1.0
+  assert vector.auc([0, 1], [2, 3]) == 0.0
+  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+  x = toy2d.sample2d("8gaussians", 4000, np.random.default_rng(0))
+  # the true density integrates to 1 over the plane (grid check) and peaks on the data
+  g = np.linspace(-6, 6, 401)
+  grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
+  mass = np.exp(toy2d.log_density_8gaussians(grid)).sum() * (g[1] - g[0]) ** 2
+  np.testing.assert_allclose(mass, 1.0, rtol=1e-3)
+  noise = vector.uniform_box(4000, 2, seed=1)
+  ideal = vector.auc(toy2d.log_density_8gaussians(x), toy2d.log_density_8gaussians(noise))
+  assert 0.85 < ideal < 0.95
+
+
+def test_8gaussians_matches_definition():
+  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+  x = toy2d.sample2d("8gaussians", 40000, np.random.default_rng(0)) * 1.414
+  r = np.linalg.norm(x, axis=1)
+  ang = np.mod(np.round(np.arctan2(x[:, 1], x[:, 0]) / (np.pi / 4)), 8)
+  centres = 4 * np.stack([np.cos(ang * np.pi / 4), np.sin(ang * np.pi / 4)], 1)
+  resid = x - centres
+  np.testing.assert_allclose(resid.std(0), 0.5, rtol=0.02)
+  np.testing.assert_allclose(np.median(r), 4.0, rtol=0.02)
+  np.testing.assert_allclose(np.bincount(ang.astype(int), minlength=8) / len(x), 1 / 8, atol=0.01)
+
+
+def test_npy_data_errors(tmp_path):
+  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+  good = tmp_path / "pts.npy"
+  np.save(good, np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32))
+  d = toy2d.VectorData("npy", 0, str(good))
+  assert d.dim == 3 and d.batch(7, 32).shape == (32, 3)
+  np.testing.assert_array_equal(d.batch(7, 32), toy2d.VectorData("npy", 0, str(good)).batch(7, 32))
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((10,)))
+  with pytest.raises(ValueError, match="config.data.path.*shape"):
+    toy2d.VectorData("npy", 0, str(bad))
+  junk = tmp_path / "junk.npy"
+  junk.write_bytes(b"not numpy")
+  with pytest.raises(ValueError, match="config.data.path.*not a readable"):
+    toy2d.VectorData("npy", 0, str(junk))
+  with pytest.raises(ValueError, match="config.data.path: file not found"):
+    toy2d.VectorData("npy", 0, str(tmp_path / "missing.npy"))
+  with pytest.raises(ValueError, match="config.data.name"):
+    toy2d.VectorData("spiral", 0)

@@ -1,0 +1,86 @@
+"""Two processes with jax.distributed (one CPU device each) train like one process with two devices.
+
+The reference is one process with two CPU devices (same global batch, same data
+mesh), run through main.py to N iterations with a checkpoint half way.  The two
+processes then resume from that half-way checkpoint: both restore it, train the
+second half with cross-process all-reduces (gloo), save collectively and evaluate.
+Their metrics.jsonl (written by process 0 only) and final state must match the
+reference to 1e-5.
+
+Process 1 of a multi-process CPU job cannot use the persistent compilation cache
+(jax keys it by process), so this module pays one full compile.
+"""
+import os
+import shutil
+import socket
+import subprocess
+
+import jax
+import numpy as np
+
+from dxmi_jax import checkpoint as ckpt_lib
+from dxmi_jax import writers
+from test_train_infra import REPO, cli_flags, main_cmd, records, subprocess_env
+
+N = 40
+RUN = dict(training__num_iters=N, training__log_every=10, training__checkpoint_every=N // 2,
+           training__eval_every=0)
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_two_devices(tmp_path):
+  flags = cli_flags(**RUN)
+  ref = tmp_path / "ref"
+  res = subprocess.run(main_cmd(ref, *flags), cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert ckpt_lib.committed_steps(str(ref)) == [N // 2, N]
+  assert ckpt_lib.read_meta(str(ref))["device_count"] == 2
+
+  # the two-process job starts from the reference's half-way checkpoint
+  wd = tmp_path / "two"
+  shutil.copytree(ref, wd)
+  shutil.rmtree(wd / "checkpoints" / str(N))
+  for name in ("tensorboard", "figure.png"):
+    shutil.rmtree(wd / name) if (wd / name).is_dir() else os.remove(wd / name)
+  port = _free_port()
+  procs = [subprocess.Popen(main_cmd(wd, *flags), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=subprocess_env(DXMI_COORDINATOR=f"localhost:{port}",
+                                                          DXMI_NUM_PROCESSES="2", DXMI_PROCESS_ID=str(i)))
+           for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=420))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i}:\n{err[-3000:]}"
+  assert "process 0 of 2, 1 local / 2 global devices" in outs[0][1]
+  assert f"resuming from step {N // 2}" in outs[0][1]
+  # process 0 alone reports and writes
+  assert "done in" in outs[0][0] and "done in" not in outs[1][0]
+  assert f"step {N}/{N}" in outs[0][1] and f"step {N}/{N}" not in outs[1][1]
+  meta = ckpt_lib.read_meta(str(wd))
+  assert meta["step"] == N and meta["process_count"] == 2 and meta["device_count"] == 2
+
+  ra, rb = records(ref), records(wd)
+  assert [(r["step"], r["kind"]) for r in ra] == [(r["step"], r["kind"]) for r in rb]
+  for x, y in zip(ra, rb):
+    x, y = writers.comparable(x), writers.comparable(y)
+    assert x.keys() == y.keys()
+    for k in x:
+      if isinstance(x[k], float):
+        np.testing.assert_allclose(y[k], x[k], rtol=1e-5, atol=1e-5, err_msg=f"step {x['step']}: {k}")
+  sa, _ = ckpt_lib.load_raw(str(ref))
+  sb, _ = ckpt_lib.load_raw(str(wd))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6), sa, sb)
+  exact = all(jax.tree.leaves(jax.tree.map(np.array_equal, sa, sb)))
+  print(f"two processes vs one: final state bitwise equal: {exact}")
