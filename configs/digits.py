@@ -128,7 +128,7 @@ def smoke(c):
   """Tiny networks of the same families, 2 pretrain and 2 DxMI iterations (tests, CPU)."""
   c.experiment += "_smoke"
   net = c.policy.net
-  net.ch, net.ch_mult, net.num_res_blocks, net.attn_resolutions = 32, (1, 2), 1, (4,)
+  net.ch, net.ch_mult, net.num_res_blocks, net.attn_resolutions = 32, (1,), 1, ()
   c.value.nh = 8
   c.energy.nh = 8
   c.training.batch_size = 8

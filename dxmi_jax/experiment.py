@@ -249,6 +249,10 @@ class VectorDataProvider:
     start = jax.process_index() * per
     return {"x": x[start:start + per]}
 
+  def iterate(self, start: int, num: int):
+    """local_batch(start), local_batch(start + 1), ... (num of them)."""
+    return (self.local_batch(i) for i in range(start, start + num))
+
 
 def build(config) -> Experiment:
   validate(config)

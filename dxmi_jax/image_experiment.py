@@ -119,12 +119,18 @@ class ImageDataProvider:
         raise ConfigError(str(e)) from None
     return self._loaders[size]
 
-  def local_batch(self, step: int, size: Optional[int] = None):
-    b = self._loader(size or self.config.training.batch_size).get_batch(step)
+  def _as_batch(self, b):
     out = {"x": b["image"]}
     if self.class_cond:
       out["y"] = b["label"].astype(np.int32)
     return out
+
+  def local_batch(self, step: int, size: Optional[int] = None):
+    return self._as_batch(self._loader(size or self.config.training.batch_size).get_batch(step))
+
+  def iterate(self, start: int, num: int):
+    """Batches start .. start+num-1, decoded by background threads ahead of the loop."""
+    return map(self._as_batch, self._loader(self.config.training.batch_size).iterate(start, num))
 
 
 def build(config) -> Experiment:

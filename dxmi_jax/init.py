@@ -52,17 +52,10 @@ def _read_network(path, section, section_cfg, what):
       os.path.isdir(os.path.join(path, "params")):
     params, _ = ckpt_lib.load_params(path)
     return params.get("net", params), params.get("log_sigma")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    mgr = ocp.CheckpointManager(os.path.abspath(os.path.join(path, "checkpoints")), item_names=("state", "meta"))
-    step = mgr.latest_step()
-    if step is None:
-      raise ConfigError(f"{what}: {path} has no checkpoint")
-    raw = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    mgr.close()
-    key = "policy" if section == "policy" else "value"
-    p = raw[key]["params"]
-    return (p["net"], p["log_sigma"]) if key == "policy" else (p, None)
+  if ckpt_lib.has_checkpoint(path):  # a dxmi-jax run: its latest state, whatever topology wrote it
+    raw, _ = ckpt_lib.load_raw(path)
+    p = raw["policy"]["params"] if section == "policy" else raw["value"]["params"]
+    return (p["net"], p["log_sigma"]) if section == "policy" else (p, None)
   from dxmi_jax import convert  # pylint: disable=import-outside-toplevel
   arch, fields = net_config(section_cfg)
   try:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import jax
 import numpy as np
@@ -43,6 +43,7 @@ from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import dxmi, experiment, parallel, sampling, writers
+from dxmi_jax.data.loader import prefetch_to_device
 
 MODES = ("train", "pretrain", "sample", "eval")
 #: evaluation metrics of vector-data runs that can select the best checkpoint
@@ -223,9 +224,10 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
     t0 = time.time()
     progress = writers.Progress(tc.num_iters, start)
     check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
-    last_metrics, skipped = {}, None
-    for step in range(start, tc.num_iters):
-      batch = parallel.global_batch_from_local(exp.data.local_batch(step), mesh)
+    last_metrics, skipped = {}, int(jax.device_get(state.skipped))
+    # host batches are prepared ahead in the background and copied to the devices two steps ahead
+    batches = prefetch_to_device(exp.data.iterate(start, tc.num_iters - start), parallel.batch_sharding(mesh))
+    for step, batch in zip(range(start, tc.num_iters), batches):
       state, metrics = train_step(state, batch)
       done = step + 1
       if done % check_every == 0 or done == tc.num_iters:
@@ -246,9 +248,8 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
         eval_metrics = evaluate(exp, state, workdir, done, writer, final=False)
       if done % tc.checkpoint_every == 0 or eval_metrics:
         _save(ckpt, exp, done, state, eval_metrics)
-    end = max(start, tc.num_iters)
-    final = evaluate(exp, state, workdir, end, writer, final=True)
-    _save(ckpt, exp, end, state, final, final=True)
+    final = evaluate(exp, state, workdir, tc.num_iters, writer, final=True)
+    _save(ckpt, exp, tc.num_iters, state, final, final=True)
     ckpt.wait()
   finally:
     writer.close()
@@ -277,12 +278,13 @@ def _check_skips(state, limit: int, step: int):
         f"lower the learning rates or check the data")
 
 
-def _report_skips(flat, previous):
-  total = flat.get("nonfinite/skipped_total")
-  if total is not None and previous is not None and total > previous:
+def _report_skips(flat, previous: int) -> int:
+  """A warning when iterations were skipped since the previous progress line."""
+  total = int(flat.get("nonfinite/skipped_total", previous))
+  if total > previous:
     bad = [q for q in dxmi.NONFINITE_QUANTITIES if flat.get(f"nonfinite/{q}")]
-    logging.warning("%d iteration(s) skipped so far for non-finite values (last: %s)", int(total),
-                    ", ".join(bad) or "see nonfinite/* in metrics.jsonl")
+    logging.warning("%d iteration(s) skipped for non-finite values since the last report, %d in total%s",
+                    total - previous, total, f" (this step: {', '.join(bad)})" if bad else "")
   return total
 
 
@@ -349,7 +351,8 @@ def _restore_latest(exp, workdir):
 
 def evaluate_checkpoint(exp, workdir):
   state, _ = _restore_latest(exp, workdir)
-  writer = writers.MetricWriter(workdir, tensorboard=False)
+  # its own file: the training run's metrics.jsonl already holds the final evaluation of this step
+  writer = writers.MetricWriter(os.path.join(workdir, "eval"), tensorboard=False)
   step = int(jax.device_get(state.step))
   out = evaluate(exp, state, workdir, step, writer, final=True)
   writer.close()

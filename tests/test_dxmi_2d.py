@@ -146,7 +146,7 @@ def test_one_vs_eight_devices_same_metrics():
 def test_end_to_end_2d_improves_sw(tmp_path):
   c = tiny_config(**{"training.num_iters": 400, "training.log_every": 100, "training.checkpoint_every": 400,
                      "policy.net.hidden": (64, 64), "value.hidden": (64, 64),
-                     "optim.policy_lr": 2e-3, "optim.value_lr": 2e-3})
+                     "optim.policy_lr": 2e-3, "optim.policy_sigma_lr": 1e-2, "optim.value_lr": 2e-3})
   exp = experiment.build(c)
   untrained = eval2d.evaluate_vector(exp, exp.init_state(jax.random.PRNGKey(c.training.seed)))
   final = train.run(c, str(tmp_path), "train")

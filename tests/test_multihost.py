@@ -17,13 +17,14 @@ import subprocess
 
 import jax
 import numpy as np
+import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import writers
 from test_train_infra import REPO, cli_flags, main_cmd, records, subprocess_env
 
-N = 40
-RUN = dict(training__num_iters=N, training__log_every=10, training__checkpoint_every=N // 2,
+N = 20
+RUN = dict(training__num_iters=N, training__log_every=5, training__checkpoint_every=N // 2,
            training__eval_every=0)
 
 
@@ -33,6 +34,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   flags = cli_flags(**RUN)
   ref = tmp_path / "ref"

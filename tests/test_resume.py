@@ -100,6 +100,7 @@ def test_finished_run_started_again_changes_nothing(reference):
   assert ckpt_lib.committed_steps(str(wd)) == [250, 275, 300]
 
 
+@pytest.mark.slow
 def test_sigkill_during_async_save_then_resume_is_exact(reference, tmp_path):
   ref, _ = reference
   wd = tmp_path / "killed"

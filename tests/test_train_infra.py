@@ -5,9 +5,7 @@ CLI flags, subprocess environment).  The 2D problem at T=3 with 16-wide MLPs and
 batch 64 compiles in seconds; every run here is in-process except where the CLI
 or a real process kill is the point.
 """
-import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -17,7 +15,7 @@ import pytest
 
 from conftest import REPO
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import dxmi, experiment, parallel, train, writers
+from dxmi_jax import experiment, parallel, train, writers
 
 # ------------------------------------------------------------------ helpers
 TINY = {

@@ -144,6 +144,7 @@ def test_resuming_a_checkpoint_of_another_architecture(tmp_path):
 
 
 # ------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
   cases = {
       "unknown_key": (["--config.training.batch_sze=3"],
