@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from dxmi_jax import dxmi
+from dxmi_jax import dxmi, parallel
 from dxmi_jax.data import toy2d
 from dxmi_jax.models import registry
 from dxmi_jax.models.mlp import TimeMLP
@@ -175,10 +175,6 @@ def build_value(config):
   return build_net(config.value, **overrides)
 
 
-def _time_independent(module) -> bool:
-  return not isinstance(module, TimeMLP)
-
-
 # ---------------------------------------------------------------- experiment
 @dataclasses.dataclass
 class Experiment:
@@ -244,10 +240,8 @@ class VectorDataProvider:
 
   def local_batch(self, step: int, size: Optional[int] = None):
     size = size or self.global_batch
-    x = self.data.batch(step, size)
-    per = size // jax.process_count()
-    start = jax.process_index() * per
-    return {"x": x[start:start + per]}
+    start, stop = parallel.process_slice(size)
+    return {"x": self.data.batch(step, size)[start:stop]}
 
   def iterate(self, start: int, num: int):
     """local_batch(start), local_batch(start + 1), ... (num of them)."""

@@ -43,7 +43,7 @@ def generate(policy, policy_params, key, num: int, sample_shape, y=None, *,
 
 
 def make_generator(policy, sample_shape, batch_size: int, mesh=None, *, value_apply=None,
-                   guidance_scale: float = 0.0, class_cond: bool = False):
+                   guidance_scale: float = 0.0):
   """Returns gen(policy_params, key, y=None, value_params=None) -> (batch_size, ...) jitted."""
   fn = functools.partial(generate, policy, num=batch_size, sample_shape=tuple(sample_shape),
                          value_apply=value_apply, guidance_scale=guidance_scale)
@@ -65,5 +65,13 @@ def sample_many(gen, params, seed: int, num: int, batch_size: int, labels=None, 
     y = None if labels is None else jnp.asarray(labels[i * batch_size:(i + 1) * batch_size])
     if y is not None and y.shape[0] < batch_size:  # pad the last label batch
       y = jnp.concatenate([y, jnp.zeros((batch_size - y.shape[0],), y.dtype)])
-    outs.append(np.asarray(jax.device_get(gen(params, jax.random.fold_in(base, i), y, value_params))))
+    outs.append(_to_numpy(gen(params, jax.random.fold_in(base, i), y, value_params)))
   return np.concatenate(outs)[:num]
+
+
+def _to_numpy(x):
+  """The whole array on every process (a data-sharded output spans hosts under jax.distributed)."""
+  if getattr(x, "is_fully_addressable", True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
