@@ -106,11 +106,10 @@ def baseline_sampler(ddpm_dir, kind, T):
   from dxmi_jax.policies import build_policy  # pylint: disable=import-outside-toplevel
   c = _config(init__policy_checkpoint=ddpm_dir)
   exp, params = _policy_params(c)
-  c.policy.kind = kind
-  c.policy.num_steps = T
-  if kind == "ddim":
-    c.policy.trainable_sigma = False
-  policy = build_policy(c, exp.policy.net)
+  section = {"kind": kind, "num_steps": T}
+  if kind in ("var", "ddim"):
+    section["trainable_sigma"] = "fix_last" if kind == "var" else False
+  policy = build_policy(section, exp.policy.net)
   return policy, {"net": params["net"], "log_sigma": np.asarray(policy.init_log_sigma())}
 
 

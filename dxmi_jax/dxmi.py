@@ -329,7 +329,12 @@ def policy_update(policy_state, policy, value_apply, value_params, traj: Traject
                finite=jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm))
     return new_state, aux
 
-  return jax.lax.scan(body, policy_state, (noise.policy_index, noise.policy_noise, keys))
+  xs = (noise.policy_index, noise.policy_noise, keys)
+  if M == 1:  # one minibatch (the CIFAR trainer): no loop.  XLA:CPU runs a UNet gradient
+    # inside a while loop many times slower than outside one.
+    new_state, aux = body(policy_state, jax.tree.map(lambda a: a[0], xs))
+    return new_state, jax.tree.map(lambda a: a[None], aux)
+  return jax.lax.scan(body, policy_state, xs)
 
 
 # ----------------------------------------------------------------------- iteration

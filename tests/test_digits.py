@@ -64,10 +64,10 @@ def test_metric_of_reference_against_itself(clf):
 
 def test_metric_ranks_noise_far_below_real_digits(clf):
   train_images, _ = digits_data.digits_arrays("train")
-  real = clf.evaluate(train_images[:400])
+  real = clf.evaluate(train_images)  # all 1,442: recall depends on the sample count
   noise = clf.evaluate(np.random.default_rng(0).integers(0, 256, (400, 8, 8, 1)).astype(np.uint8))
   assert real["fd"] < 0.1 * noise["fd"]
-  assert real["precision"] > 0.8 and real["recall"] > 0.8
+  assert real["precision"] > 0.85 and real["recall"] > 0.85
   assert noise["precision"] < 0.1
 
 
@@ -107,8 +107,9 @@ def test_pretrain_then_dxmi_then_metric(tmp_path, clf):
   params = train.load_pretrained(experiment.build(c2)).policy.params
   moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params["net"]), jax.tree.leaves(loaded))]
   assert 0 < max(moved) < 1.0
-  gen = sampling.make_generator(exp.policy, (8, 8, 1), 32)
-  imgs = samples.to_uint8(sampling.sample_many(gen, params, 0, 32, 32))
+  bs = c.sample.batch_size  # the train loop's evaluation used this shape: a compilation-cache hit
+  gen = sampling.make_generator(exp.policy, (8, 8, 1), bs)
+  imgs = samples.to_uint8(sampling.sample_many(gen, params, 0, 32, bs))
   m = clf.evaluate(imgs)
   assert np.isfinite(m["fd"]) and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
   np.testing.assert_allclose(np.sum(m["class_hist"]), 1.0)

@@ -18,7 +18,7 @@ Network: conv3x3(32) - swish - conv3x3(64) - swish - avgpool 2x2 - dense(64) - s
 make both covariances singular).  Training is deterministic: PRNGKey(0) initialisation, Adam
 1e-3, 30 epochs of batch 64 in an order from ``numpy.random.default_rng(0)``, each image shifted
 by a random -1..1 pixels in each direction (background fill), which makes the features tolerant
-of the small misplacements generated digits show.  On CPU it takes a few seconds; the weights
+of the small misplacements generated digits show.  On 2 CPU cores it takes ~10 s; the weights
 are cached in ``<cache_dir>/digits_classifier_<hash>.npz`` (``cache_dir``: the argument, else
 ``$DXMI_CACHE_DIR``, else ``~/.cache/dxmi_jax``); the hash covers the training recipe, so a
 changed recipe never reads stale weights.  Floating-point differences between machines can
