@@ -222,13 +222,18 @@ def check_compatible(workdir: str, abstract_state, step: Optional[int] = None) -
             for k in sorted(set(want) & set(saved), key=params_first) if saved[k] != want[k]]
   missing = sorted(set(want) - set(saved), key=params_first)
   unexpected = sorted(set(saved) - set(want), key=params_first)
+  return mismatch_summary(missing, unexpected, shapes)
+
+
+def mismatch_summary(missing, unexpected, mis_shaped) -> Optional[str]:
+  """'missing [...]; unexpected [...]; mis-shaped ...' (first three of each), or None if all empty."""
   parts = []
   if missing:
-    parts.append(f"missing {missing[:3]}")
+    parts.append(f"missing {list(missing)[:3]}")
   if unexpected:
-    parts.append(f"unexpected {unexpected[:3]}")
-  if shapes:
-    parts.append("mis-shaped " + "; ".join(shapes[:3]))
+    parts.append(f"unexpected {list(unexpected)[:3]}")
+  if mis_shaped:
+    parts.append("mis-shaped " + "; ".join(list(mis_shaped)[:3]))
   return "; ".join(parts) or None
 
 

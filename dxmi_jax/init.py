@@ -29,17 +29,12 @@ def _match(what, new, ref):
   new_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
   missing = sorted(set(ref_flat) - set(new_flat))
   unexpected = sorted(set(new_flat) - set(ref_flat))
-  shapes = [(k, np.shape(new_flat[k]), ref_flat[k].shape) for k in sorted(set(ref_flat) & set(new_flat))
+  shapes = [f"{k}: checkpoint {np.shape(new_flat[k])} vs config {ref_flat[k].shape}"
+            for k in sorted(set(ref_flat) & set(new_flat))
             if tuple(np.shape(new_flat[k])) != tuple(ref_flat[k].shape)]
-  if missing or unexpected or shapes:
-    parts = []
-    if missing:
-      parts.append(f"missing {missing[:3]}")
-    if unexpected:
-      parts.append(f"unexpected {unexpected[:3]}")
-    if shapes:
-      parts.append("mis-shaped " + ", ".join(f"{k}: checkpoint {a} vs config {b}" for k, a, b in shapes[:3]))
-    raise ConfigError(f"{what} does not fit the configured architecture: " + "; ".join(parts))
+  problem = ckpt_lib.mismatch_summary(missing, unexpected, shapes)
+  if problem:
+    raise ConfigError(f"{what} does not fit the configured architecture: {problem}")
   return jax.tree.map(lambda n, r: jnp.asarray(n, r.dtype), new, ref)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -167,20 +166,8 @@ def load_reference(path: Union[str, os.PathLike], load_images: bool = True) -> R
 
 def atomic_savez(path: Union[str, os.PathLike], **arrays) -> None:
   """np.savez to a temp file in the target folder, then rename: no partial files."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  from dxmi_jax.samples import atomic_write  # pylint: disable=import-outside-toplevel
+  atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
 
 
 def save_reference(path: Union[str, os.PathLike], ref: ReferenceStatistics) -> None:
