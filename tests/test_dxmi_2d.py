@@ -156,6 +156,15 @@ def test_end_to_end_2d_improves_sw(tmp_path):
   assert recs[-1]["kind"] == "eval" and "sw" in recs[-1] and "auc" in recs[-1]
   assert (tmp_path / "figure.png").stat().st_size > 1000
   assert any(n.isdigit() for n in os.listdir(tmp_path / "checkpoints"))
+  # --mode=sample and --mode=eval restore the latest checkpoint
+  c.sample.num, c.sample.batch_size = 300, 100
+  train.run(c, str(tmp_path), "sample")
+  with np.load(tmp_path / "samples.npz") as z:
+    assert z["arr_0"].dtype == np.float32 and z["arr_0"].shape == (300, 2)
+    assert vector.sliced_wasserstein(z["arr_0"], exp.data.data.sample(300, seed=1), 200) < untrained["sw"]
+  again = train.run(c, str(tmp_path), "eval")
+  assert again["sw"] == pytest.approx(final["sw"]) and again["auc"] == pytest.approx(final["auc"])
+  assert json.loads(open(tmp_path / "eval" / "metrics.jsonl").readline())["step"] == 400
 
 
 # ------------------------------------------------------------------ metrics
