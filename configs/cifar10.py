@@ -13,7 +13,6 @@ Variants: ``:smoke`` (tiny UNet of the same family, synthetic data, 2 iterations
 ``:t4`` (VAR T=4; the official T=4 uses the DDGAN backbone whose code is not released).
 """
 from configs import default
-from dxmi_jax.models import registry
 
 
 def get_config(variant: str = ""):
@@ -27,12 +26,8 @@ def get_config(variant: str = ""):
   c.policy.kind = "var"
   c.policy.num_steps = 10
   c.policy.trainable_sigma = "fix_last"
-  c.policy.net = registry.default_config("ddpm_unet")   # ch 128, (1,2,2,2), 2 blocks, attn 16, dropout 0.1
-  with c.policy.net.unlocked():
-    c.policy.net.arch = "ddpm_unet"
-  c.value = registry.default_config("igebm")             # IGEBMEncoderV2 nh 128
-  with c.value.unlocked():
-    c.value.arch = "igebm"
+  c.policy.net = default.network("ddpm_unet")   # ch 128, (1,2,2,2), 2 blocks, attn 16, dropout 0.1
+  c.value = default.network("igebm")             # IGEBMEncoderV2 nh 128
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1

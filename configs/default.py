@@ -11,6 +11,15 @@ None cannot replace an int from the command line).
 import ml_collections
 
 
+def network(arch: str, base=None, **overrides) -> ml_collections.ConfigDict:
+  """A network section: the arch's constructor fields (``base`` or its defaults, plus overrides) and ``arch``."""
+  from dxmi_jax.models import registry  # pylint: disable=import-outside-toplevel
+  c = registry.resolve_config(arch, base, **overrides)
+  with c.unlocked():
+    c.arch = arch
+  return c
+
+
 def get_config():
   c = ml_collections.ConfigDict()
   c.experiment = "base"

@@ -54,7 +54,6 @@ Variants (``--config=configs/digits.py:<variant>``, comma-separated):
         --config.init.policy_checkpoint=runs/digits_ddpm
 """
 from configs import default
-from dxmi_jax.models import registry
 
 IMAGE_SIZE = 8
 
@@ -72,14 +71,10 @@ def get_config(variant: str = ""):
   c.policy.kind = "var"
   c.policy.num_steps = 10
   c.policy.trainable_sigma = "fix_last"
-  c.policy.net = registry.resolve_config(
+  c.policy.net = default.network(
       "ddpm_unet", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
       resolution=IMAGE_SIZE, in_channels=1, out_ch=1)
-  with c.policy.net.unlocked():
-    c.policy.net.arch = "ddpm_unet"
-  c.value = registry.resolve_config("igebm", nh=32, in_chan=1)
-  with c.value.unlocked():
-    c.value.arch = "igebm"
+  c.value = default.network("igebm", nh=32, in_chan=1)
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1

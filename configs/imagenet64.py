@@ -17,7 +17,6 @@ Variants: ``:t4`` (T=4, rho 4, stochastic last step), ``:smoke`` (tiny ADM UNet,
 data, 2 iterations, CPU); combine as ``:t4,smoke``.
 """
 from configs import cifar10, default
-from dxmi_jax.models import registry
 
 
 def get_config(variant: str = ""):
@@ -39,13 +38,9 @@ def get_config(variant: str = ""):
   c.policy.rho = 7.0
   c.policy.stochastic_last = False
   c.policy.sigma_data = 0.5
-  c.policy.net = registry.default_config("adm_unet")    # 192 ch, (1,2,3,4), 3 blocks, attn 32/16/8, 1000 classes
-  with c.policy.net.unlocked():
-    c.policy.net.arch = "adm_unet"
+  c.policy.net = default.network("adm_unet")    # 192 ch, (1,2,3,4), 3 blocks, attn 32/16/8, 1000 classes
   c.policy.net.dtype = "bfloat16"
-  c.value = registry.default_config("igebm")
-  with c.value.unlocked():
-    c.value.arch = "igebm"
+  c.value = default.network("igebm")
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1

@@ -12,8 +12,7 @@ log-sigmas 1e-6, all T minibatches, value clip 0.1.
 
 Variant ``:smoke``: tiny ADM UNet, synthetic 16x16 data, 2 iterations.
 """
-from configs import cifar10, imagenet64
-from dxmi_jax.models import registry
+from configs import cifar10, default, imagenet64
 from dxmi_jax.models.adm_unet import adm_lsun256
 
 
@@ -27,16 +26,9 @@ def get_config(variant: str = ""):
   c.data.preprocessing = "adm_center_crop"
   c.data.class_cond = False
   c.data.num_classes = 0
-  c.policy.net = adm_lsun256()       # 256 ch, (1,1,2,2,4,4), 2 blocks, attn 32/16/8, no scale-shift
-  with c.policy.net.unlocked():
-    c.policy.net.arch = "adm_unet"
-  c.policy.net.dtype = "bfloat16"
-  c.value = registry.default_config("igebm")
-  with c.value.unlocked():
-    c.value.arch = "igebm"
+  # 256 ch, (1,1,2,2,4,4), 2 blocks, attn 32/16/8, no scale-shift; value/energy as ImageNet-64's
+  c.policy.net = default.network("adm_unet", adm_lsun256(), dtype="bfloat16")
   c.training.batch_size = 64
-  c.training.num_iters = 100000
-  c.training.best_metric = "fid_proxy_5000"
   c.init.policy_checkpoint = "pretrained/lsun_bedroom256_edm/edm_bedroom256_ema.pt"
   c.sample.batch_size = 64
   for v in filter(None, variant.split(",")):

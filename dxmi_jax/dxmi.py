@@ -428,15 +428,14 @@ def dxmi_iteration(state: DxMIState, batch, noise: StepNoise, nets: Networks, cf
   # 5. policy update(s)
   policy_state, pol_aux = policy_update(
       state.policy, policy, nets.value_apply, value_state.params, traj, s_new, noise, cfg, y=y,
-      energy_apply=energy_apply if cfg.separate_energy else None,
-      energy_params=energy_state.params if cfg.separate_energy else None)
+      energy_apply=energy_apply, energy_params=None if energy_state is None else energy_state.params)
   new_state = state.replace(policy=policy_state, value=value_state, energy=energy_state,
                             velocity_scale=s_new)
   aux = {"traj": traj, "avr_m": avr_m, "energy": e_aux, "td": td_aux, "policy": pol_aux}
   return new_state, aux
 
 
-def iteration_metrics(state: DxMIState, aux, cfg: DxMIConfig):
+def iteration_metrics(state: DxMIState, aux):
   """The scalars (and per-step vectors) the official trainers log (reference §2f)."""
   e, td, pol = aux["energy"], aux["td"], aux["policy"]
   sq = lambda tree: sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
@@ -495,7 +494,7 @@ def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data
     key = jax.random.fold_in(state.rng, state.step)
     noise = draw_noise(key, data_shape, cfg, nets.policy)
     new_state, aux = dxmi_iteration(state, batch, noise, nets, cfg, constrain)
-    metrics, finite = iteration_metrics(new_state, aux, cfg)
+    metrics, finite = iteration_metrics(new_state, aux)
     ok = jnp.all(jnp.stack(list(finite.values())))
     kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
     run = jnp.where(ok, 0, state.consecutive_skips + 1)
