@@ -5,9 +5,9 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# The official code's outputs live beside the checkout (../shared/golden).
-GOLDEN = pathlib.Path(os.environ.get("DXMI_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
-REFERENCE = GOLDEN.parent / "reference"
+# The official code's outputs, committed with the tests (tests/golden/README.md, PROVENANCE.md).
+GOLDEN = pathlib.Path(__file__).resolve().parent / "golden"
+REFERENCE = GOLDEN / "reference"
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
 
@@ -21,8 +21,7 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 def golden_path(name: str) -> pathlib.Path:
   p = GOLDEN / name
   if not p.exists():
-    pytest.fail(f"golden file {p} is missing: the tests expect ../shared/golden beside the "
-                f"checkout (or DXMI_GOLDEN_DIR)")
+    pytest.fail(f"golden file {p} is missing from the checkout (tests/golden/)")
   return p
 
 
