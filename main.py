@@ -5,6 +5,7 @@ mistyped option, a bad config value, a missing file) prints one line
 ``error: ...`` naming the option on stderr and exits with status 2, before
 anything is written.
 """
+
 import re
 import sys
 
@@ -48,9 +49,11 @@ def _flag_error(argv, e):
     _fail(f"{_one_line(e)} (see --helpfull)")
   if isinstance(e, (KeyError, AttributeError)):  # a key the locked config does not have
     hint = re.search(r'Did you mean "([^"]+)"', str(e))
-    _fail(f"{_offending_override(argv, e)}: no such config option"
-          + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
-          + "; the config is locked: only its existing fields can be set")
+    _fail(
+      f"{_offending_override(argv, e)}: no such config option"
+      + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+      + "; the config is locked: only its existing fields can be set"
+    )
   _fail(f"{_offending_override(argv, e)}: {e}")
 
 
@@ -58,8 +61,9 @@ def define_flags(argv):
   """Defines --config/--workdir/--mode.  ml_collections already applies the
   ``--config.*`` overrides of ``argv`` to the default config here."""
   try:
-    config_flags.DEFINE_config_file("config", "configs/gaussians2d.py",
-                                    "Experiment config (file.py or file.py:variant).", lock_config=True)
+    config_flags.DEFINE_config_file(
+      "config", "configs/gaussians2d.py", "Experiment config (file.py or file.py:variant).", lock_config=True
+    )
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     _flag_error(argv, e)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")

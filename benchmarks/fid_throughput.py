@@ -11,6 +11,7 @@ file is needed.  The first batch (compilation) is timed separately; the timed
 part covers ``--num_images`` images including host<->device transfers.
 ``--out=DIR`` writes ``DIR/fid_throughput_<device>.json``.
 """
+
 import json
 import os
 import platform
@@ -49,8 +50,7 @@ def random_variables(seed: int = 0):
       return np.ones(shape, np.float32)
     return np.zeros(shape, np.float32)
 
-  return jax.tree_util.tree_map_with_path(fill, inception.variable_shapes(),
-                                          is_leaf=lambda s: isinstance(s, tuple))
+  return jax.tree_util.tree_map_with_path(fill, inception.variable_shapes(), is_leaf=lambda s: isinstance(s, tuple))
 
 
 def machine_description() -> str:
@@ -68,8 +68,9 @@ def machine_description() -> str:
 
 def main(_):
   devices = jax.devices()
-  ext = features_lib.InceptionFeatureExtractor(random_variables(), batch_size=FLAGS.batch_size,
-                                               precision=FLAGS.precision)
+  ext = features_lib.InceptionFeatureExtractor(
+    random_variables(), batch_size=FLAGS.batch_size, precision=FLAGS.precision
+  )
   rng = np.random.default_rng(0)
   shape = (ext.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
   batch = rng.integers(0, 256, shape, dtype=np.uint8)
@@ -82,7 +83,7 @@ def main(_):
   def stream():
     left = FLAGS.num_images
     while left > 0:
-      yield batch[:min(left, ext.batch_size)]
+      yield batch[: min(left, ext.batch_size)]
       left -= ext.batch_size
 
   t0 = time.perf_counter()
@@ -90,14 +91,21 @@ def main(_):
   seconds = time.perf_counter() - t0
   kind = devices[0].device_kind
   result = {
-      "benchmark": "fid_inception_feature_throughput",
-      "device_kind": kind, "platform": devices[0].platform, "device_count": len(devices),
-      "batch_size": ext.batch_size, "per_device_batch": ext.batch_size // len(devices),
-      "image_size": FLAGS.image_size, "num_images": n, "seconds": seconds,
-      "images_per_s": n / seconds, "first_batch_with_compile_s": compile_s,
-      "precision": FLAGS.precision,
-      "machine": machine_description(), "jax": jax.__version__,
-      "command": "python " + " ".join(sys.argv),
+    "benchmark": "fid_inception_feature_throughput",
+    "device_kind": kind,
+    "platform": devices[0].platform,
+    "device_count": len(devices),
+    "batch_size": ext.batch_size,
+    "per_device_batch": ext.batch_size // len(devices),
+    "image_size": FLAGS.image_size,
+    "num_images": n,
+    "seconds": seconds,
+    "images_per_s": n / seconds,
+    "first_batch_with_compile_s": compile_s,
+    "precision": FLAGS.precision,
+    "machine": machine_description(),
+    "jax": jax.__version__,
+    "command": "python " + " ".join(sys.argv),
   }
   print(json.dumps(result, indent=1))
   if FLAGS.out:

@@ -1,15 +1,35 @@
-"""Compile time and steady-state seconds per DxMI iteration.
+"""Seconds per DxMI iteration, compile time and achieved FLOP/s; optionally against the official trainer.
 
-    python benchmarks/step_time.py --config=configs/gaussians2d.py [--iters=300] [--out=results/step_time_2d.json]
+    python benchmarks/step_time.py --config=configs/digits.py --iters=20 \\
+        --official=/tmp/official --official_python=/tmp/official-venv/bin/python \\
+        --out=results/step_time_digits.json
+    python benchmarks/step_time.py --config=configs/gaussians2d.py --iters=300 [--official=...] \\
+        --out=results/step_time_2d.json
 
-The setup of issue 2's reference measurement: T=5, batch 512, MLP width 128 with 3
-hidden layers (the gaussians2d defaults).  The median is over ``--iters``
-iterations after ``--warmup`` iterations; each iteration is timed with a
-device sync, so asynchronous dispatch does not hide work.
+What it measures:
+
+* ``compile_s``: lowering + XLA compilation of the train step (one program per iteration).
+* per iteration, after ``--warmup`` untimed ones: the wall time (each step is synced with
+  ``block_until_ready``, so asynchronous dispatch hides nothing) and the process CPU time
+  (all threads).  The machines these run on are shared: CPU seconds per iteration are
+  much less sensitive to other jobs than wall seconds, so both are reported.
+* FLOPs: ``flops_per_iter`` is XLA's cost analysis of the *fully unrolled* iteration
+  (every ``lax.scan`` unrolled for counting only, lowered, never run), so each loop body
+  is counted once per trip.  ``xla_flops_compiled`` is the cost analysis of the program
+  that runs, where XLA counts a while-loop body once whatever its trip count; it is
+  reported for reference only.  ``achieved_gflops`` = flops_per_iter / median wall time.
+* ``--official=DIR`` (the official repo exported at 3f09073) runs the official harness of
+  ``--official_bench`` (README there) in its own interpreter ``--official_python`` for the
+  same shapes (T, B), alternating ``--rounds`` times with our timed block, and reports
+  the ratio of the medians (official / ours: > 1 means we are faster).  Its CPU seconds
+  per iteration come from the children's rusage, differenced against a 1-iteration run.
 """
+
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 
@@ -22,11 +42,91 @@ from ml_collections import config_flags  # noqa: E402
 
 from dxmi_jax import experiment, parallel, train  # noqa: E402
 
+_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 config_flags.DEFINE_config_file("config", "configs/gaussians2d.py", "Experiment config.")
-flags.DEFINE_integer("iters", 300, "Timed iterations (>= 200 for the reported median).")
-flags.DEFINE_integer("warmup", 20, "Untimed iterations after compilation.")
+flags.DEFINE_integer("iters", 300, "Timed iterations per round.")
+flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
+flags.DEFINE_integer("rounds", 3, "Alternations of (official, ours) with --official; else timed blocks of ours.")
+flags.DEFINE_string("official", "", "Official repo (git archive of 3f09073): also time its trainer.")
+flags.DEFINE_string("official_python", sys.executable, "Interpreter of the official harness (its own venv).")
+flags.DEFINE_string(
+  "official_bench",
+  os.path.join(_REPO, "..", "shared", "tools", "official_bench"),
+  "Folder holding bench_image.py and bench_2d_cpu.py.",
+)
+flags.DEFINE_integer("official_iters", 0, "Official timed iterations per round (0: same as --iters).")
+flags.DEFINE_bool("count_flops", True, "Lower a fully unrolled copy of the step to count its FLOPs.")
 flags.DEFINE_string("out", "", "Write the result JSON here as well.")
 FLAGS = flags.FLAGS
+
+
+def _flops(cost):
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def unrolled_flops(exp, mesh, state, batch):
+  """XLA's FLOP count of the step with every lax.scan / lax.map unrolled (lowered only)."""
+  scan, lmap = jax.lax.scan, jax.lax.map
+
+  def scan_unrolled(f, init, xs=None, length=None, **kw):
+    kw["unroll"] = True
+    return scan(f, init, xs, length, **kw)
+
+  def map_unrolled(f, xs, **kw):
+    return scan_unrolled(lambda c, x: (c, f(x)), None, xs)[1]
+
+  jax.lax.scan, jax.lax.map = scan_unrolled, map_unrolled
+  try:
+    lowered = train.compile_train_step(exp, mesh).lower(state, batch)
+  finally:
+    jax.lax.scan, jax.lax.map = scan, lmap
+  return _flops(lowered.cost_analysis())
+
+
+def official_command(config, iters, warmup):
+  T, B = config.policy.num_steps, config.training.batch_size
+  if config.experiment == "gaussians2d":
+    script, extra = "bench_2d_cpu.py", []
+  elif config.experiment == "digits":
+    script, extra = "bench_image.py", ["--preset=digits"]
+  else:
+    raise app.UsageError(
+      f"--official: no official harness for config {config.experiment!r} (expected gaussians2d or digits)"
+    )
+  return [
+    FLAGS.official_python,
+    os.path.join(FLAGS.official_bench, script),
+    FLAGS.official,
+    f"--batch={B}",
+    f"--steps={T}",
+    f"--iters={iters}",
+    f"--warmup={warmup}",
+  ] + extra
+
+
+def run_official(cmd):
+  """(JSON record, CPU seconds of the child) of one official harness run."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  if out.returncode:
+    raise RuntimeError(f"official harness failed ({' '.join(cmd)}):\n{out.stderr[-2000:]}")
+  record = json.loads([l for l in out.stdout.splitlines() if l.startswith("{")][-1])
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  return record, cpu
+
+
+def cpu_model():
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def main(_):
@@ -34,34 +134,99 @@ def main(_):
   exp = experiment.build(config)
   mesh = parallel.make_mesh()
   state = train.initial_state(exp, mesh)
+  batch0 = parallel.global_batch_from_local(exp.data.local_batch(0), mesh)
+  load_start = os.getloadavg()
+
+  flops_unrolled = unrolled_flops(exp, mesh, state, batch0) if FLAGS.count_flops else float("nan")
   t0 = time.perf_counter()
-  step = train.compile_train_step(exp, mesh)
-  batch = parallel.global_batch_from_local(exp.data.local_batch(0), mesh)
-  state, m = step(state, batch)
-  jax.block_until_ready(m)
+  lowered = train.compile_train_step(exp, mesh).lower(state, batch0)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  for i in range(FLAGS.warmup):
-    state, m = step(state, parallel.global_batch_from_local(exp.data.local_batch(i + 1), mesh))
+  flops_compiled = _flops(compiled.cost_analysis())
+
+  step_no = [0]
+
+  def one():
+    step_no[0] += 1
+    return parallel.global_batch_from_local(exp.data.local_batch(step_no[0]), mesh)
+
+  state, m = compiled(state, batch0)
+  for _ in range(FLAGS.warmup):
+    state, m = compiled(state, one())
   jax.block_until_ready(m)
-  times = []
-  for i in range(FLAGS.iters):
-    batch = parallel.global_batch_from_local(exp.data.local_batch(i + 1 + FLAGS.warmup), mesh)
-    t = time.perf_counter()
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  med = float(np.median(times))
+
+  def ours_block(n):
+    nonlocal state
+    wall, cpu = [], []
+    for _ in range(n):
+      batch = one()
+      t, c = time.perf_counter(), time.process_time()
+      state, m = compiled(state, batch)
+      jax.block_until_ready(m)
+      wall.append(time.perf_counter() - t)
+      cpu.append(time.process_time() - c)
+    return wall, cpu
+
+  official = None
+  o_iters = FLAGS.official_iters or FLAGS.iters
+  if FLAGS.official:
+    warm = 20 if config.experiment == "gaussians2d" else 2
+    _, cpu1 = run_official(official_command(config, 1, warm))
+    official = {"medians_s": [], "cpu_s_per_iter": [], "command": " ".join(official_command(config, o_iters, warm))}
+  wall, cpu, rounds = [], [], []
+  for r in range(FLAGS.rounds):
+    entry = {}
+    if official is not None:
+      rec, cpu_n = run_official(official_command(config, o_iters, warm))
+      official["medians_s"].append(rec["median_s_per_iter"])
+      official["cpu_s_per_iter"].append((cpu_n - cpu1) / max(o_iters - 1, 1))
+      official["torch"] = rec.get("torch")
+      entry["official_median_s"] = rec["median_s_per_iter"]
+    w, c = ours_block(FLAGS.iters)
+    wall += w
+    cpu += c
+    entry["ours_median_s"] = float(np.median(w))
+    if official is not None:
+      entry["ratio"] = entry["official_median_s"] / entry["ours_median_s"]
+    entry["loadavg_1min"] = os.getloadavg()[0]
+    rounds.append(entry)
+    print(json.dumps({"round": r, **entry}), flush=True)
+
+  med = float(np.median(wall))
   result = {
-      "benchmark": "dxmi_step_time",
-      "config": config.experiment, "T": config.policy.num_steps, "batch_size": config.training.batch_size,
-      "policy_hidden": list(config.policy.net.get("hidden", [])), "compile_s": compile_s,
-      "median_s_per_iter": med, "iters_per_s": 1.0 / med, "p10_s": float(np.percentile(times, 10)),
-      "p90_s": float(np.percentile(times, 90)), "timed_iters": FLAGS.iters,
-      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-      "jax": jax.__version__,
-      "command": "python " + " ".join(sys.argv),
+    "benchmark": "dxmi_step_time",
+    "config": config.experiment,
+    "T": config.policy.num_steps,
+    "batch_size": config.training.batch_size,
+    "perf": config.perf.to_dict(),
+    "compile_s": compile_s,
+    "median_s_per_iter": med,
+    "iters_per_s": 1.0 / med,
+    "p10_s": float(np.percentile(wall, 10)),
+    "p90_s": float(np.percentile(wall, 90)),
+    "median_cpu_s_per_iter": float(np.median(cpu)),
+    "timed_iters": len(wall),
+    "rounds": rounds,
+    "flops_per_iter": flops_unrolled,
+    "flops_counting": "XLA cost analysis of the step with every lax.scan unrolled (lowered, not run): "
+    "each loop body counted once per trip",
+    "xla_flops_compiled": flops_compiled,
+    "xla_flops_compiled_counting": "cost analysis of the program that runs: a while-loop body counted once",
+    "achieved_gflops": flops_unrolled / med / 1e9,
+    "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+    "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+    "loadavg_start": list(load_start),
+    "loadavg_end": list(os.getloadavg()),
+    "jax": jax.__version__,
+    "command": "python " + " ".join(sys.argv),
   }
+  if official is not None:
+    o_med = float(np.median(official["medians_s"]))
+    o_cpu = float(np.median(official["cpu_s_per_iter"]))
+    result["official"] = dict(official, median_s_per_iter=o_med, median_cpu_s_per_iter=o_cpu)
+    result["speedup_vs_official"] = o_med / med
+    result["speedup_vs_official_per_round"] = [e["ratio"] for e in rounds]
+    result["cpu_speedup_vs_official"] = o_cpu / float(np.median(cpu))
   print(json.dumps(result, indent=1))
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -9,9 +9,18 @@ official PNG path does.
     python main.py --config=configs/cifar10.py --workdir=... \
         --config.init.policy_checkpoint=pretrained/cifar10_ddpm/model.ckpt.pth
 
-Variants: ``:smoke`` (tiny UNet of the same family, synthetic data, 2 iterations, CPU),
-``:t4`` (VAR T=4; the official T=4 uses the DDGAN backbone whose code is not released).
+Variants (comma-separated, any order):
+  ``:smoke``     tiny network of the same family, synthetic data, 2 iterations, CPU;
+  ``:t4``        VAR T=4 on the DDPM UNet (not a paper row: see t4_ddgan);
+  ``:t4_ddgan``  the paper's CIFAR-10 T=4 row (official configs/cifar10/T4_ddgan.yaml): DDGAN's
+                 NCSN++ generator (exp1, 48.4M) in its 4-step posterior sampler with a fresh latent
+                 z per step, fix_last log-sigmas, value_resample True, 100 epochs
+                 (``dxmi_jax/policies/ddgan.py``; DxMI's DDGANSampler is not released, so parts of
+                 it are inferred and marked there).  Start it from DDGAN's released generator:
+                     --config.init.policy_checkpoint=.../ddgan_cifar10_exp1/netG_1200.pth
+  ``:t4_ddgan,smoke``  its CPU smoke run (tiny generator, 2 iterations, samples).
 """
+
 from configs import default
 
 
@@ -23,54 +32,55 @@ def get_config(variant: str = ""):
   c.data.channels = 3
   c.data.random_flip = True
 
-  c.policy.kind = "var"
   c.policy.num_steps = 10
-  c.policy.trainable_sigma = "fix_last"
-  c.policy.net = default.network("ddpm_unet")   # ch 128, (1,2,2,2), 2 blocks, attn 16, dropout 0.1
-  c.value = default.network("igebm")             # IGEBMEncoderV2 nh 128
+  c.policy.net = default.network("ddpm_unet")  # ch 128, (1,2,2,2), 2 blocks, attn 16, dropout 0.1
+  c.value = default.network("igebm")  # IGEBMEncoderV2 nh 128
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1
   c.dxmi.tau2 = 0.01
-  c.dxmi.gamma = 1.0
-  c.dxmi.adavelreg = 0.99
-  c.dxmi.time_cost_sig = 1.0
-  c.dxmi.time_cost = 0.0
-  c.dxmi.skip_sampler_tau = 0
-  c.dxmi.policy_minibatches = 1      # n_generator = 1
-  c.dxmi.value_resample = False
-  c.dxmi.policy_train_mode = True    # dropout on in the policy update
-
-  c.optim.policy = "adam"
-  c.optim.policy_lr = 1e-7
-  c.optim.policy_sigma_lr = 1e-5
-  c.optim.policy_grad_clip = 0.1
-  c.optim.value = "adam"
-  c.optim.value_lr = 1e-5
-  c.optim.value_grad_clip = 0.0
 
   c.training.batch_size = 128
-  c.training.num_iters = 78000       # 200 epochs x 390 iterations
+  c.training.num_iters = 78000  # 200 epochs x 390 iterations
   c.training.seed = 112233
   c.training.log_every = 50
   c.training.checkpoint_every = 390
-  c.training.eval_every = 390        # every epoch: FID proxy on 10k samples when configured
+  c.training.eval_every = 390  # every epoch: FID proxy on 10k samples when configured
   c.training.best_metric = "fid_proxy_10000"
   c.eval.fid_num_samples = 10000
 
   c.init.policy_checkpoint = "pretrained/cifar10_ddpm/model.ckpt.pth"
   c.sample.num = 50000
-  c.sample.batch_size = 1000
-  c.sample.rounding = "round"
 
-  for v in filter(None, variant.split(",")):
-    if v == "smoke":
-      smoke(c, image_size=32)
-    elif v == "t4":
-      c.policy.num_steps = 4
-    else:
-      raise ValueError(f"configs/cifar10.py: unknown variant {v!r}; expected smoke or t4")
+  variants = list(filter(None, variant.split(",")))
+  for v in variants:
+    if v not in ("smoke", "t4", "t4_ddgan"):
+      raise ValueError(f"configs/cifar10.py: unknown variant {v!r}; expected smoke, t4 or t4_ddgan")
+  if "t4" in variants and "t4_ddgan" in variants:
+    raise ValueError(
+      "configs/cifar10.py: variants t4 (VAR on the DDPM UNet) and t4_ddgan (DDGAN) are alternatives; pick one"
+    )
+  if "t4" in variants:
+    c.policy.num_steps = 4
+  if "t4_ddgan" in variants:  # the backbone first, so that smoke shrinks the DDGAN generator
+    t4_ddgan(c)
+  if "smoke" in variants:
+    smoke(c, image_size=32)
   return c
+
+
+def t4_ddgan(c):
+  """Official configs/cifar10/T4_ddgan.yaml (reference §4.5 and §5): DDGAN backbone, T=4."""
+  c.experiment = "cifar10_t4_ddgan"
+  c.policy.kind = "ddgan"
+  c.policy.num_steps = 4  # DDGAN exp1's num_timesteps
+  c.policy.trainable_sigma = "fix_last"
+  c.policy.beta_min = 0.1  # DDGAN's VP schedule (train_ddgan.py defaults)
+  c.policy.beta_max = 20.0
+  c.policy.net = default.network("ddgan_ncsnpp")  # exp1: nf 128, (1,2,2,2), 2 blocks, nz 100, 4-layer MLP
+  c.dxmi.value_resample = True  # the only CIFAR config with value_resample
+  c.training.num_iters = 39000  # 100 epochs x 390 iterations
+  c.init.policy_checkpoint = "ddgan_checkpoints/cifar10/ddgan_cifar10_exp1/netG_1200.pth"
 
 
 def smoke(c, image_size):
@@ -81,7 +91,11 @@ def smoke(c, image_size):
   c.data.random_flip = True
   c.data.num_workers = 1
   net = c.policy.net
-  if net.arch == "ddpm_unet":
+  if net.arch == "ddgan_ncsnpp":  # one level (the middle attention only): it compiles in half the time
+    net.num_channels_dae, net.ch_mult, net.num_res_blocks = 16, (1,), 1
+    net.attn_resolutions, net.image_size = (), image_size
+    net.nz, net.z_emb_dim, net.n_mlp = 8, 16, 1
+  elif net.arch == "ddpm_unet":
     net.ch, net.ch_mult, net.num_res_blocks, net.attn_resolutions = 32, (1, 2), 1, (image_size // 2,)
     net.resolution = image_size
   else:

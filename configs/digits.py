@@ -53,6 +53,7 @@ Variants (``--config=configs/digits.py:<variant>``, comma-separated):
     python main.py --config=configs/digits.py --workdir=runs/digits_t10 \
         --config.init.policy_checkpoint=runs/digits_ddpm
 """
+
 from configs import default
 
 IMAGE_SIZE = 8
@@ -64,37 +65,29 @@ def get_config(variant: str = ""):
   c.data.name = "digits"
   c.data.image_size = IMAGE_SIZE
   c.data.channels = 1
-  c.data.random_flip = False        # digits are not mirror-symmetric
-  c.data.class_cond = False
   c.data.num_workers = 1
 
-  c.policy.kind = "var"
   c.policy.num_steps = 10
-  c.policy.trainable_sigma = "fix_last"
   c.policy.net = default.network(
-      "ddpm_unet", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
-      resolution=IMAGE_SIZE, in_channels=1, out_ch=1)
+    "ddpm_unet",
+    ch=32,
+    ch_mult=(1, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+    dropout=0.1,
+    resolution=IMAGE_SIZE,
+    in_channels=1,
+    out_ch=1,
+  )
   c.value = default.network("igebm", nh=32, in_chan=1)
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1
   c.dxmi.tau2 = 0.01
-  c.dxmi.gamma = 1.0
-  c.dxmi.adavelreg = 0.99
-  c.dxmi.time_cost_sig = 1.0
-  c.dxmi.time_cost = 0.0
-  c.dxmi.skip_sampler_tau = 0
-  c.dxmi.policy_minibatches = 1      # n_generator = 1 (CIFAR trainer)
-  c.dxmi.value_resample = False
-  c.dxmi.policy_train_mode = True    # dropout on in the policy update (CIFAR trainer)
 
-  c.optim.policy = "adam"
   c.optim.policy_lr = 1e-6
   c.optim.policy_sigma_lr = 1e-3
-  c.optim.policy_grad_clip = 0.1
-  c.optim.value = "adam"
   c.optim.value_lr = 1e-3
-  c.optim.value_grad_clip = 0.0
 
   c.training.batch_size = 32
   c.training.num_iters = 40
@@ -102,19 +95,15 @@ def get_config(variant: str = ""):
   c.training.log_every = 5
   c.training.checkpoint_every = 40
   c.training.keep_checkpoints = 1
-  c.training.eval_every = 0
-  c.training.best_metric = ""
   c.training.async_checkpoints = False
 
   c.pretrain.num_iters = 1000
   c.pretrain.batch_size = 128
-  c.pretrain.lr = 1e-3
   c.pretrain.warmup = 100
-  c.pretrain.ema = 0.995            # 0.999 would still hold 0.999^1000 = 37% of the random init
+  c.pretrain.ema = 0.995  # 0.999 would still hold 0.999^1000 = 37% of the random init
 
   c.sample.num = 1000
   c.sample.batch_size = 500
-  c.sample.rounding = "round"
   c.eval.fid_num_samples = 1000
 
   for v in filter(None, variant.split(",")):

@@ -16,6 +16,7 @@ use; ``--config.data.name=imagenet64`` reads tfds imagenet_resized/64x64 instead
 Variants: ``:t4`` (T=4, rho 4, stochastic last step), ``:smoke`` (tiny ADM UNet, synthetic
 data, 2 iterations, CPU); combine as ``:t4,smoke``.
 """
+
 from configs import cifar10, default
 
 
@@ -32,34 +33,20 @@ def get_config(variant: str = ""):
 
   c.policy.kind = "edm"
   c.policy.num_steps = 10
-  c.policy.trainable_sigma = "fix_last"
-  c.policy.sigma_min = 0.002
-  c.policy.sigma_max = 80.0
-  c.policy.rho = 7.0
-  c.policy.stochastic_last = False
-  c.policy.sigma_data = 0.5
-  c.policy.net = default.network("adm_unet")    # 192 ch, (1,2,3,4), 3 blocks, attn 32/16/8, 1000 classes
+  c.policy.net = default.network("adm_unet")  # 192 ch, (1,2,3,4), 3 blocks, attn 32/16/8, 1000 classes
   c.policy.net.dtype = "bfloat16"
   c.value = default.network("igebm")
   c.energy = c.value.copy_and_resolve_references()
 
   c.dxmi.tau1 = 0.1
   c.dxmi.tau2 = 0.01
-  c.dxmi.gamma = 1.0
-  c.dxmi.adavelreg = 0.99
-  c.dxmi.time_cost_sig = 1.0
-  c.dxmi.time_cost = 0.0
   c.dxmi.skip_sampler_tau = 3
-  c.dxmi.policy_minibatches = 10     # all T minibatches
-  c.dxmi.value_resample = False
-  c.dxmi.policy_train_mode = True    # dropout is 0 in these UNets
+  c.dxmi.policy_minibatches = 10  # all T minibatches
 
   c.optim.policy = "radam"
   c.optim.policy_lr = 1e-8
   c.optim.policy_sigma_lr = 1e-6
   c.optim.policy_grad_clip = 0.0
-  c.optim.value = "adam"
-  c.optim.value_lr = 1e-5
   c.optim.value_grad_clip = 0.1
 
   c.training.batch_size = 128
@@ -67,9 +54,8 @@ def get_config(variant: str = ""):
   c.training.seed = 42
   c.training.log_every = 20
   c.training.checkpoint_every = 100
-  c.training.eval_every = 100        # FID proxy on 5k samples vs VIRTUAL_imagenet64_labeled when configured
+  c.training.eval_every = 100  # FID proxy on 5k samples vs VIRTUAL_imagenet64_labeled when configured
   c.training.best_metric = "fid_proxy_5000"
-  c.eval.fid_num_samples = 5000
 
   c.init.policy_checkpoint = "pretrained/imagenet64_edm/edm_imagenet64_ema.pt"
   c.sample.num = 50000

@@ -12,6 +12,7 @@ log-sigmas 1e-6, all T minibatches, value clip 0.1.
 
 Variant ``:smoke``: tiny ADM UNet, synthetic 16x16 data, 2 iterations.
 """
+
 from configs import cifar10, default, imagenet64
 from dxmi_jax.models.adm_unet import adm_lsun256
 
@@ -23,7 +24,6 @@ def get_config(variant: str = ""):
   c.data.name = "lsun"
   c.data.path = "datasets/lsun/bedroom_256"
   c.data.image_size = 256
-  c.data.preprocessing = "adm_center_crop"
   c.data.class_cond = False
   c.data.num_classes = 0
   # 256 ch, (1,1,2,2,4,4), 2 blocks, attn 32/16/8, no scale-shift; value/energy as ImageNet-64's

@@ -20,6 +20,7 @@ Multi-host: every process must call ``save``/``restore``/``close`` (Orbax
 synchronises them and each process writes the shards it owns); ``workdir`` must
 be a path every process sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,6 +33,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from dxmi_jax import io
 
 ITEMS = ("state", "meta")
 #: metric names for which larger is better (anything else: smaller is better)
@@ -65,39 +68,54 @@ def parse_best_metric(spec: str) -> Tuple[str, str]:
   return spec, ("max" if spec in HIGHER_IS_BETTER else "min")
 
 
-def _manager(directory: str, *, keep: int = 1, async_save: bool = False, read_only: bool = False,
-             best: Optional[Tuple[str, str]] = None) -> ocp.CheckpointManager:
+def _manager(
+  directory: str,
+  *,
+  keep: int = 1,
+  async_save: bool = False,
+  read_only: bool = False,
+  best: Optional[Tuple[str, str]] = None,
+) -> ocp.CheckpointManager:
   if read_only:  # (the options Orbax would otherwise override with a warning)
-    opts = dict(read_only=True, create=False, save_interval_steps=0, max_to_keep=None,
-                enable_async_checkpointing=False)
+    opts = dict(read_only=True, create=False, save_interval_steps=0, max_to_keep=None, enable_async_checkpointing=False)
   else:
-    opts = dict(max_to_keep=max(1, keep), create=True, cleanup_tmp_directories=True,
-                enable_async_checkpointing=async_save)
+    opts = dict(
+      max_to_keep=max(1, keep), create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save
+    )
   if best is not None:
     name, mode = best
     opts.update(best_fn=lambda m: float(m[name]), best_mode=mode, keep_checkpoints_without_metrics=False)
   return ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(**opts), item_names=ITEMS,
-      item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+    directory,
+    options=ocp.CheckpointManagerOptions(**opts),
+    item_names=ITEMS,
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+  )
 
 
 class Checkpointer:
   """Saves/restores DxMIState pytrees under ``<workdir>/checkpoints`` (+ ``checkpoints_best``)."""
 
-  def __init__(self, workdir: str, keep: int = 3, best_metric: str = "", async_save: bool = True,
-               read_only: bool = False):
+  def __init__(
+    self, workdir: str, keep: int = 3, best_metric: str = "", async_save: bool = True, read_only: bool = False
+  ):
     self.workdir = os.path.abspath(workdir)
-    self.latest = _manager(os.path.join(self.workdir, "checkpoints"), keep=keep, async_save=async_save,
-                           read_only=read_only)
+    self.latest = _manager(
+      os.path.join(self.workdir, "checkpoints"), keep=keep, async_save=async_save, read_only=read_only
+    )
     self.best_metric, self.best_mode = parse_best_metric(best_metric) if best_metric else ("", "min")
     self.best = None
     if best_metric:
-      self.best = _manager(os.path.join(self.workdir, "checkpoints_best"), keep=1, async_save=async_save,
-                           read_only=read_only, best=(self.best_metric, self.best_mode))
+      self.best = _manager(
+        os.path.join(self.workdir, "checkpoints_best"),
+        keep=1,
+        async_save=async_save,
+        read_only=read_only,
+        best=(self.best_metric, self.best_mode),
+      )
 
   # ------------------------------------------------------------------ save
-  def save(self, step: int, state, metrics: Optional[Dict[str, float]] = None,
-           meta: Optional[Dict[str, Any]] = None):
+  def save(self, step: int, state, metrics: Optional[Dict[str, float]] = None, meta: Optional[Dict[str, Any]] = None):
     """Saves ``state`` as ``step`` (asynchronously if configured); offers it to the best manager.
 
     Raises NonFiniteStateError, before writing anything, if a floating leaf is NaN/Inf.
@@ -106,9 +124,15 @@ class Checkpointer:
     if bad is not None:
       raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite values in state{bad}")
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
-    record = dict(meta or {}, step=int(step), metrics=metrics, saved_at=time.time(),
-                  process_count=jax.process_count(), device_count=jax.device_count(),
-                  jax_version=jax.__version__)
+    record = dict(
+      meta or {},
+      step=int(step),
+      metrics=metrics,
+      saved_at=time.time(),
+      process_count=jax.process_count(),
+      device_count=jax.device_count(),
+      jax_version=jax.__version__,
+    )
     args = lambda: ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
     self.latest.save(step, args=args(), force=True)
     if self.best is not None and self.best_metric in metrics and np.isfinite(metrics[self.best_metric]):
@@ -142,8 +166,9 @@ class Checkpointer:
       step = mgr.best_step() if best else mgr.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint under {mgr.directory}")
-    restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    restored = mgr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    )
     logging.info("restored step %d from %s", step, mgr.directory)
     return restored["state"], restored["meta"]
 
@@ -218,8 +243,11 @@ def check_compatible(workdir: str, abstract_state, step: Optional[int] = None) -
   saved = _normalised_leaves(ocp.StandardCheckpointHandler().metadata(_step_path(workdir, step) / "state"))
   want = _normalised_leaves(abstract_state)
   params_first = lambda k: ("params" not in k.split("/"), k)  # optimiser states mirror the params
-  shapes = [f"{k}: checkpoint {saved[k][0]} {saved[k][1]} vs config {want[k][0]} {want[k][1]}"
-            for k in sorted(set(want) & set(saved), key=params_first) if saved[k] != want[k]]
+  shapes = [
+    f"{k}: checkpoint {saved[k][0]} {saved[k][1]} vs config {want[k][0]} {want[k][1]}"
+    for k in sorted(set(want) & set(saved), key=params_first)
+    if saved[k] != want[k]
+  ]
   missing = sorted(set(want) - set(saved), key=params_first)
   unexpected = sorted(set(saved) - set(want), key=params_first)
   return mismatch_summary(missing, unexpected, shapes)
@@ -248,8 +276,9 @@ def load_raw(workdir: str, step: Optional[int] = None, best: bool = False):
   handler = ocp.StandardCheckpointHandler()
   # onto this process's first device, whatever topology wrote the checkpoint
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        handler.metadata(path / "state"))
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), handler.metadata(path / "state")
+  )
   state = handler.restore(path / "state", args=ocp.args.StandardRestore(target))
   return jax.tree.map(np.asarray, state), read_meta(workdir, int(path.name), best)
 
@@ -261,10 +290,7 @@ def save_params(directory: str, params: Any, meta: Dict[str, Any]):
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, "params"), params, force=True)
   ckptr.wait_until_finished()
-  tmp = os.path.join(directory, "meta.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(meta, f, indent=1)
-  os.replace(tmp, os.path.join(directory, "meta.json"))
+  io.atomic_write_json(os.path.join(directory, "meta.json"), meta)
 
 
 def load_params(directory: str, abstract=None):

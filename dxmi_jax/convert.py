@@ -1,6 +1,6 @@
 """PyTorch state_dict <-> Flax params for the official DxMI networks, and Orbax export.
 
-Public API (architectures: "ddpm_unet", "adm_unet", "igebm"; keyword overrides
+Public API (architectures: "ddpm_unet", "adm_unet", "igebm", "ddgan_ncsnpp"; keyword overrides
 select the architecture's config, see ``dxmi_jax.models.registry``)::
 
   model, params = from_torch(path, arch, **overrides)
@@ -9,6 +9,11 @@ select the architecture's config, see ``dxmi_jax.models.registry``)::
   model, params, extras = load_pretrained(path_or_dir, arch, **overrides)
   save_pretrained(out_dir, arch, params, extras=None, overwrite=False, **overrides)  # Orbax
   python -m dxmi_jax.convert --arch=adm_unet --in=x.pt --out=DIR [--override key=value ...]
+  python -m dxmi_jax.convert --yaml=configs/imagenet64/T10.yaml --in=x.pt --out=DIR   # official YAML
+
+Overrides and ``--yaml`` accept the official config names (``num_channels``,
+``class_cond``, ``attention_resolutions="32,16,8"``, ``channel_mult=""``) besides
+ours; see ``dxmi_jax.models.official_names``.
 
 An Orbax directory holds ``state/`` ({"params", "extras"}) and ``dxmi_network.json``
 ({"arch", "config", "extras"}); training configs point at the directory and
@@ -36,6 +41,7 @@ raises ``CheckpointError`` listing them with both shapes.
 Torch is optional (extra ``[convert]``): it is imported lazily, and only the
 functions that read or write ``.pt``/``.pth`` files need it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,70 +61,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dxmi_jax.models import registry
+from dxmi_jax import io
+from dxmi_jax.models import official_names, registry
 
 
-class CheckpointError(ValueError):
-  """A checkpoint file is missing, unreadable, or does not fit an architecture."""
-
-
-def _import_torch():
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:  # pragma: no cover - exercised only without torch
-    raise ImportError(
-        "Reading PyTorch checkpoints needs torch: pip install -e '.[convert]' "
-        "(it pins the CPU wheel torch==2.13.0).") from e
-  return torch
-
-
-_WRAPPER_KEYS = ("state_dict", "model", "ema", "net")
-
-
-def load_torch_state_dict(path: str) -> Tuple["collections.OrderedDict[str, np.ndarray]", Dict]:
-  """Reads a .pt/.pth file into an ordered {key: float32/int numpy array} dict.
-
-  Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and upcasts
-  float16/bfloat16 tensors to float32 (exact).  Returns (state_dict, extras)
-  where extras holds the non-tensor entries of the wrapper (e.g. "fid",
-  "epoch").  Key prefixes are left alone; architecture-specific prefix handling
-  (``module.``, ``net.``) belongs to the converters.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise CheckpointError(f"checkpoint file not found: {path}")
-  torch = _import_torch()
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # noqa: BLE001 - torch.load's unpicklers raise many types
-    # (RuntimeError, EOFError, UnpicklingError, IndexError, zipfile.BadZipFile, ...)
-    raise CheckpointError(
-        f"{path} is not a readable PyTorch checkpoint (truncated or not a "
-        f"torch.save file): {type(e).__name__}: {e}") from e
-  extras = {}
-  for _ in range(3):  # nested wrappers, e.g. {"model": {"state_dict": ...}}
-    if isinstance(obj, dict) and not _is_tensor_dict(obj, torch):
-      inner = next((k for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
-      if inner is None:
-        break
-      extras.update({k: v for k, v in obj.items() if k != inner and not isinstance(v, dict)})
-      obj = obj[inner]
-  if not isinstance(obj, dict) or not obj or not _is_tensor_dict(obj, torch):
-    raise CheckpointError(
-        f"{path} holds no state_dict (expected a dict of tensors, optionally under "
-        f"'state_dict' or 'model'; found {type(obj).__name__})")
-  out = collections.OrderedDict()
-  for k, v in obj.items():
-    if not isinstance(v, torch.Tensor):
-      continue
-    if v.is_floating_point():
-      v = v.float()
-    out[k] = v.detach().cpu().numpy()
-  return out, extras
-
-
-def _is_tensor_dict(d, torch) -> bool:
-  return any(isinstance(v, torch.Tensor) for v in d.values())
+from dxmi_jax.errors import CheckpointError  # noqa: E402,F401  (re-exported: convert.CheckpointError)
+from dxmi_jax.torch_files import _import_torch, load_torch_state_dict  # noqa: E402,F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,17 +74,30 @@ def _is_tensor_dict(d, torch) -> bool:
 # ----------------------------------------------------------------------------------------------
 
 # Tensors the samplers register on the network that its forward does not use.
-_EXTRA_KEYS = {"ddpm_unet": ("log_betas", "std"), "adm_unet": ("log_betas",), "igebm": ()}
-# Prefix the official code adds to the saved keys (TimeIndependentValue.net).
-_SAVE_PREFIX = {"ddpm_unet": "", "adm_unet": "", "igebm": "net."}
+_EXTRA_KEYS = {
+  "ddpm_unet": ("log_betas", "std"),
+  "adm_unet": ("log_betas",),
+  "igebm": (),
+  "ddgan_ncsnpp": ("log_betas",),
+}
+# Prefix the official code adds to the saved keys (TimeIndependentValue.net; DDGAN saves its
+# DDP-wrapped generator, so netG_*.pth keys start with "module.").
+_SAVE_PREFIX = {"ddpm_unet": "", "adm_unet": "", "igebm": "net.", "ddgan_ncsnpp": "module."}
+# Archs whose files are a bare state_dict (DDGAN's netG_*.pth, which its test_ddgan.py reads
+# by stripping the first 7 characters of every key); the others get {"state_dict": ...}.
+_BARE_FILE = ("ddgan_ncsnpp",)
 _STRIP_PREFIXES = ("module.", "net.")
 _LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 _DIGITS = (re.compile(r"_(\d+)"), r".\1")  # input_blocks_3_1 -> input_blocks.3.1
+# DDGAN: only the list indices are dotted (all_modules_7/Conv_0 -> all_modules.7.Conv_0), and
+# its NIN layers keep their own parameter names W (already (in, out)) and b.
+_DDGAN_LIST = (re.compile(r"^(all_modules|z_transform)_(\d+)$"), r"\1.\2")
+_DDGAN_LEAF = dict(_LEAF, W="W", b="b")
 _DDPM_RULES = (
-    (re.compile(r"^temb_dense_(\d+)$"), r"temb.dense.\1"),
-    (re.compile(r"^(down|up)_(\d+)_(block|attn)_(\d+)$"), r"\1.\2.\3.\4"),
-    (re.compile(r"^(down|up)_(\d+)_(downsample|upsample)$"), r"\1.\2.\3"),
-    (re.compile(r"^mid_(\w+)$"), r"mid.\1"),
+  (re.compile(r"^temb_dense_(\d+)$"), r"temb.dense.\1"),
+  (re.compile(r"^(down|up)_(\d+)_(block|attn)_(\d+)$"), r"\1.\2.\3.\4"),
+  (re.compile(r"^(down|up)_(\d+)_(downsample|upsample)$"), r"\1.\2.\3"),
+  (re.compile(r"^mid_(\w+)$"), r"mid.\1"),
 )
 
 
@@ -155,6 +116,9 @@ def torch_key(arch: str, flax_path: Sequence[str]) -> str:
         head = pat.sub(rep, head)
         break
     mods = [head] + list(mods[1:])
+  elif arch == "ddgan_ncsnpp":
+    mods = [_DDGAN_LIST[0].sub(_DDGAN_LIST[1], mods[0])] + list(mods[1:])
+    return ".".join(mods + [_DDGAN_LEAF[leaf]])
   else:
     mods = [_DIGITS[0].sub(_DIGITS[1], m) for m in mods]
   return ".".join(mods + [_LEAF[leaf]])
@@ -209,7 +173,7 @@ def _strip_prefixes(sd: Mapping[str, Any]) -> Dict[str, Any]:
     changed = False
     for pre in _STRIP_PREFIXES:
       if all(k.startswith(pre) for k in sd):
-        sd = {k[len(pre):]: v for k, v in sd.items()}
+        sd = {k[len(pre) :]: v for k, v in sd.items()}
         changed = True
   return sd
 
@@ -218,24 +182,26 @@ def _fmt(shape) -> str:
   return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _mismatch_report(what: str, missing, unexpected, misshaped, n: int = 5,
-                     side: str = "checkpoint") -> str:
+def _mismatch_report(what: str, missing, unexpected, misshaped, n: int = 5, side: str = "checkpoint") -> str:
   parts = [what]
   if missing:
-    parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:n])
-                 + (" ..." if len(missing) > n else ""))
+    parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:n]) + (" ..." if len(missing) > n else ""))
   if unexpected:
-    parts.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:n])
-                 + (" ..." if len(unexpected) > n else ""))
+    parts.append(
+      f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:n]) + (" ..." if len(unexpected) > n else "")
+    )
   if misshaped:
-    parts.append(f"{len(misshaped)} mis-shaped key(s): " + ", ".join(
-        f"{k} {side} {_fmt(a)} vs model {_fmt(b)}" for k, a, b in misshaped[:n])
-                 + (" ..." if len(misshaped) > n else ""))
+    parts.append(
+      f"{len(misshaped)} mis-shaped key(s): "
+      + ", ".join(f"{k} {side} {_fmt(a)} vs model {_fmt(b)}" for k, a, b in misshaped[:n])
+      + (" ..." if len(misshaped) > n else "")
+    )
   return "\n  ".join(parts)
 
 
-def state_dict_to_params(sd: Mapping[str, np.ndarray], arch: str, cfg=None, *,
-                         source: str = "state_dict") -> Tuple[dict, Dict[str, np.ndarray]]:
+def state_dict_to_params(
+  sd: Mapping[str, np.ndarray], arch: str, cfg=None, *, source: str = "state_dict"
+) -> Tuple[dict, Dict[str, np.ndarray]]:
   """Official-layout state_dict (numpy) -> (Flax params, extras); strict.
 
   ``cfg`` is a config mapping for ``arch`` (missing keys take the defaults).
@@ -247,20 +213,26 @@ def state_dict_to_params(sd: Mapping[str, np.ndarray], arch: str, cfg=None, *,
   extras = {k: np.asarray(sd[k], np.float32) for k in _EXTRA_KEYS[arch] if k in sd}
   missing = [k for k in expected if k not in sd]
   unexpected = [k for k in sd if k not in expected and k not in extras]
-  misshaped = [(k, tuple(np.shape(sd[k])), shp) for k, (_, shp) in expected.items()
-               if k in sd and tuple(np.shape(sd[k])) != shp]
+  misshaped = [
+    (k, tuple(np.shape(sd[k])), shp) for k, (_, shp) in expected.items() if k in sd and tuple(np.shape(sd[k])) != shp
+  ]
   if missing or unexpected or misshaped:
-    raise CheckpointError(_mismatch_report(
+    raise CheckpointError(
+      _mismatch_report(
         f"{source} does not fit arch {arch!r} with config "
         f"{registry.config_to_json_dict(cfg)} (pass the architecture as overrides):",
-        missing, unexpected, misshaped))
-  flat = {path: np.asarray(_to_flax(path[-1], np.asarray(sd[k])), np.float32)
-          for k, (path, _) in expected.items()}
+        missing,
+        unexpected,
+        misshaped,
+      )
+    )
+  flat = {path: np.asarray(_to_flax(path[-1], np.asarray(sd[k])), np.float32) for k, (path, _) in expected.items()}
   return traverse_util.unflatten_dict(flat), extras
 
 
-def params_to_state_dict(params, arch: str, cfg=None, extras: Optional[Mapping] = None
-                         ) -> "collections.OrderedDict[str, np.ndarray]":
+def params_to_state_dict(
+  params, arch: str, cfg=None, extras: Optional[Mapping] = None
+) -> "collections.OrderedDict[str, np.ndarray]":
   """Flax params (+ extras) -> official-layout float32 numpy state_dict (with the save prefix)."""
   _arch_check(arch)
   cfg = registry.resolve_config(arch, cfg)
@@ -269,20 +241,26 @@ def params_to_state_dict(params, arch: str, cfg=None, extras: Optional[Mapping] 
   by_key = {torch_key(arch, p): (p, v) for p, v in flat.items()}
   missing = [k for k in expected if k not in by_key]
   unexpected = [k for k in by_key if k not in expected]
-  misshaped = [(k, _flax_shape_to_torch(p[-1], np.shape(v)), expected[k][1])
-               for k, (p, v) in by_key.items()
-               if k in expected and _flax_shape_to_torch(p[-1], np.shape(v)) != expected[k][1]]
+  misshaped = [
+    (k, _flax_shape_to_torch(p[-1], np.shape(v)), expected[k][1])
+    for k, (p, v) in by_key.items()
+    if k in expected and _flax_shape_to_torch(p[-1], np.shape(v)) != expected[k][1]
+  ]
   if missing or unexpected or misshaped:
     pre = _SAVE_PREFIX[arch]
-    raise CheckpointError(_mismatch_report(
+    raise CheckpointError(
+      _mismatch_report(
         f"params do not fit arch {arch!r} with config {registry.config_to_json_dict(cfg)}:",
-        [pre + k for k in missing], [pre + k for k in unexpected],
-        [(pre + k, a, b) for k, a, b in misshaped], side="params"))
+        [pre + k for k in missing],
+        [pre + k for k in unexpected],
+        [(pre + k, a, b) for k, a, b in misshaped],
+        side="params",
+      )
+    )
   extras = dict(extras or {})
   bad = sorted(set(extras) - set(_EXTRA_KEYS[arch]))
   if bad:
-    raise CheckpointError(f"extras {bad} are not saved with arch {arch!r} "
-                          f"(allowed: {list(_EXTRA_KEYS[arch])})")
+    raise CheckpointError(f"extras {bad} are not saved with arch {arch!r} (allowed: {list(_EXTRA_KEYS[arch])})")
   pre = _SAVE_PREFIX[arch]
   out = collections.OrderedDict()
   for k in _EXTRA_KEYS[arch]:
@@ -325,36 +303,29 @@ def to_torch(params, arch: str, path: str, extras: Optional[Mapping] = None, **o
   torch = _import_torch()
   sd = params_to_state_dict(params, arch, overrides, extras)
   sd = collections.OrderedDict((k, torch.from_numpy(v.copy())) for k, v in sd.items())
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  os.close(fd)
-  try:
-    torch.save({"state_dict": sd}, tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  io.atomic_write(path, lambda f: torch.save(sd if arch in _BARE_FILE else {"state_dict": sd}, f), ".pt")
 
 
 _META = "dxmi_network.json"
 _STATE = "state"
 
 
-def save_pretrained(out_dir: str, arch: str, params, extras: Optional[Mapping] = None,
-                    overwrite: bool = False, **overrides) -> str:
+def save_pretrained(
+  out_dir: str, arch: str, params, extras: Optional[Mapping] = None, overwrite: bool = False, **overrides
+) -> str:
   """Writes an Orbax checkpoint {params, extras} plus ``dxmi_network.json`` (arch, config).
 
   The directory appears only when complete (written beside it, then renamed).
   """
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   cfg = registry.resolve_config(arch, **overrides)
   params_to_state_dict(params, arch, cfg, extras)  # validates structure and shapes
   out_dir = os.path.abspath(os.fspath(out_dir))
   if os.path.exists(out_dir) and not overwrite:
     raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
   os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir),
-                         prefix=os.path.basename(out_dir) + ".partial-")
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
   umask = os.umask(0)
   os.umask(umask)
   os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
@@ -366,8 +337,12 @@ def save_pretrained(out_dir: str, arch: str, params, extras: Optional[Mapping] =
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(os.path.join(tmp, _STATE), tree)
     ckptr.wait_until_finished()
-    meta = {"arch": arch, "config": registry.config_to_json_dict(cfg),
-            "extras": {k: list(v.shape) for k, v in extras.items()}, "format": 1}
+    meta = {
+      "arch": arch,
+      "config": registry.config_to_json_dict(cfg),
+      "extras": {k: list(v.shape) for k, v in extras.items()},
+      "format": 1,
+    }
     with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
       json.dump(meta, f, indent=2)
     if os.path.exists(out_dir):
@@ -392,6 +367,7 @@ def load_pretrained(path: str, arch: Optional[str] = None, **overrides):
       raise ValueError(f"load_pretrained({path!r}): arch is required for a torch checkpoint")
     return from_torch_with_extras(path, arch, **overrides)
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   meta_path = os.path.join(path, _META)
   if not os.path.isfile(meta_path):
     raise CheckpointError(f"{path} is not a converted network checkpoint: {_META} is missing")
@@ -403,15 +379,19 @@ def load_pretrained(path: str, arch: Optional[str] = None, **overrides):
   cfg = registry.resolve_config(arch, meta["config"], **overrides)
   target = {"params": registry.param_shapes(arch, cfg)}
   if meta.get("extras"):
-    target["extras"] = {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32)
-                        for k, s in meta["extras"].items()}
+    target["extras"] = {k: jax.ShapeDtypeStruct(tuple(s), jnp.float32) for k, s in meta["extras"].items()}
   try:
     tree = ocp.StandardCheckpointer().restore(os.path.join(path, _STATE), target)
   except Exception as e:  # orbax raises several types for structure/shape mismatches
-    raise CheckpointError(f"{path}: stored params do not fit arch {arch!r} with config "
-                          f"{registry.config_to_json_dict(cfg)}: {type(e).__name__}: {e}") from e
-  return (registry.build(arch, cfg), jax.tree.map(jnp.asarray, tree["params"]),
-          {k: jnp.asarray(v) for k, v in tree.get("extras", {}).items()})
+    raise CheckpointError(
+      f"{path}: stored params do not fit arch {arch!r} with config "
+      f"{registry.config_to_json_dict(cfg)}: {type(e).__name__}: {e}"
+    ) from e
+  return (
+    registry.build(arch, cfg),
+    jax.tree.map(jnp.asarray, tree["params"]),
+    {k: jnp.asarray(v) for k, v in tree.get("extras", {}).items()},
+  )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,17 +412,49 @@ def _parse_override(item: str) -> Tuple[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(
-      prog="python -m dxmi_jax.convert",
-      description="Convert an official DxMI/DDPM/EDM PyTorch checkpoint into an Orbax "
-                  "checkpoint directory (params + extras + dxmi_network.json).")
-  parser.add_argument("--arch", required=True, choices=sorted(_EXTRA_KEYS))
+    prog="python -m dxmi_jax.convert",
+    description="Convert an official DxMI/DDPM/EDM PyTorch checkpoint into an Orbax "
+    "checkpoint directory (params + extras + dxmi_network.json).",
+  )
+  parser.add_argument("--arch", choices=sorted(_EXTRA_KEYS), help="the network; optional with --yaml, which names it")
+  parser.add_argument(
+    "--yaml",
+    help="an official YAML config (configs/<exp>/<T>.yaml) that built the "
+    "checkpoint: its network section gives the architecture",
+  )
+  parser.add_argument(
+    "--part",
+    choices=("sampler", "value"),
+    default="sampler",
+    help="with --yaml: the sampler network or the value network",
+  )
   parser.add_argument("--in", dest="src", required=True, help=".pt/.pth file")
   parser.add_argument("--out", required=True, help="output directory (must not exist)")
-  parser.add_argument("--override", action="append", default=[], type=_parse_override,
-                      metavar="KEY=VALUE", help="config override, e.g. ch_mult=(1,2,2); repeatable")
+  parser.add_argument(
+    "--override",
+    action="append",
+    default=[],
+    type=_parse_override,
+    metavar="KEY=VALUE",
+    help="config override, e.g. ch_mult=(1,2,2); repeatable",
+  )
   parser.add_argument("--force", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
   overrides = dict(args.override)
+  if args.yaml:
+    try:
+      arch, fields = official_names.network_from_yaml(args.yaml, args.part)
+    except ValueError as e:
+      print(f"error: --yaml: {e}", file=sys.stderr)
+      return 2
+    if args.arch and args.arch != arch:
+      print(f"error: --arch={args.arch} but {args.yaml} builds {arch}", file=sys.stderr)
+      return 2
+    args.arch = arch
+    overrides = dict(fields, **overrides)
+  elif not args.arch:
+    print("error: --arch: required (or --yaml with an official config)", file=sys.stderr)
+    return 2
   if os.path.exists(args.out) and not args.force:
     print(f"error: {args.out} already exists (pass --force to replace it)", file=sys.stderr)
     return 2

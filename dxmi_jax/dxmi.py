@@ -20,6 +20,7 @@ the energy: either the value network itself at t = T (``separate_energy=False``,
 the CIFAR/ImageNet trainers) or a separate energy network (the anomaly-detection
 trainer, reference §2 EV).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,15 +29,20 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dxmi_jax.policies.base import bcast
 from dxmi_jax.state import DxMIState
 
 Array = jax.Array
 
 
 # --------------------------------------------------------------------------- config
+AVR_INITS = ("policy", "sigma")
+
+
 @dataclasses.dataclass(frozen=True)
 class DxMIConfig:
   """Static hyper-parameters of one DxMI iteration (reference §5 table).
@@ -58,7 +64,17 @@ class DxMIConfig:
   value_resample:     TD uses a freshly sampled x_{t+1} instead of the stored one.
   policy_train_mode:  run the policy network in training mode (dropout) in the policy update.
   separate_energy:    a separate energy network (EV trainer) rather than V(., T).
+  avr_init:           initial velocity scales: "policy" (the policy's own, e.g. VAR eta; the
+                      CIFAR/ImageNet trainers) or "sigma" (the EV trainer: s = exp(log_sigma)
+                      at its init, read at T-1-t, i.e. exp(log_sigma_init[::-1]) in sampling
+                      order; see ``initial_velocity_scale``).
+  rollout_unroll / td_unroll:  how the rollout and TD ``lax.scan``s are compiled (performance
+                      only; the result is the same): 1 a loop, k > 1 k steps per loop trip,
+                      0 (or >= T) fully unrolled, which compiles longer and, since
+                      models/conv.py, no longer runs faster on a CPU (configs/default.py ``perf``;
+                      README "Speed").
   """
+
   num_steps: int
   tau1: float = 0.1
   tau2: float = 0.01
@@ -77,13 +93,21 @@ class DxMIConfig:
   value_resample: bool = False
   policy_train_mode: bool = False
   separate_energy: bool = False
+  avr_init: str = "policy"
+  rollout_unroll: int = 1
+  td_unroll: int = 1
 
   def __post_init__(self):
     if self.num_steps < 1:
       raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
     if not 1 <= self.policy_minibatches <= self.num_steps:
-      raise ValueError(f"policy_minibatches must be in [1, T={self.num_steps}], "
-                       f"got {self.policy_minibatches}")
+      raise ValueError(f"policy_minibatches must be in [1, T={self.num_steps}], got {self.policy_minibatches}")
+    if self.avr_init not in AVR_INITS:
+      raise ValueError(f"avr_init must be one of {AVR_INITS}, got {self.avr_init!r}")
+
+  def unroll(self, k: int):
+    """``lax.scan``'s unroll argument for a T-step scan from a config value k (0: full)."""
+    return True if k <= 0 or k >= self.num_steps else int(k)
 
   @property
   def center(self) -> int:
@@ -104,6 +128,7 @@ class StepNoise:
   resample:      (T, B, ...) or None: noise of the value_resample draws.
   dropout:       PRNG key for dropout in the policy update.
   """
+
   x0: Array
   rollout: Array
   policy_index: Array
@@ -117,21 +142,23 @@ class StepNoise:
 @flax.struct.dataclass
 class Trajectory:
   """A rollout: per-step arrays with a leading T axis (sampling order)."""
-  states: Array        # (T, B, ...) x_t
-  next_states: Array   # (T, B, ...) x_{t+1}
-  means: Array         # (T, B, ...)
-  sigmas: Array        # (T, B)
-  log_sigmas: Array    # (T, B) log sigma used for the entropy
+
+  states: Array  # (T, B, ...) x_t
+  next_states: Array  # (T, B, ...) x_{t+1}
+  means: Array  # (T, B, ...)
+  sigmas: Array  # (T, B)
+  log_sigmas: Array  # (T, B) log sigma used for the entropy
 
   @property
   def final(self):
     return self.next_states[-1]
 
 
-def rollout(policy, policy_params, x0, noise, y=None) -> Trajectory:
+def rollout(policy, policy_params, x0, noise, y=None, unroll=1) -> Trajectory:
   """Runs the T-step chain from x0 with the given per-step noise (no gradient).
 
   The network runs in evaluation mode, as the official trainers' rollouts do.
+  ``unroll``: lax.scan's (``DxMIConfig.unroll(cfg.rollout_unroll)``).
   """
   params = jax.lax.stop_gradient(policy_params)
   batch = x0.shape[0]
@@ -142,7 +169,8 @@ def rollout(policy, policy_params, x0, noise, y=None) -> Trajectory:
     return out.sample, (x, out.sample, out.mean, out.sigma, out.log_sigma)
 
   _, (states, nexts, means, sigmas, log_sigmas) = jax.lax.scan(
-      body, x0, (jnp.arange(policy.num_steps, dtype=jnp.int32), noise))
+    body, x0, (jnp.arange(policy.num_steps, dtype=jnp.int32), noise), unroll=unroll
+  )
   return Trajectory(states, nexts, means, sigmas, log_sigmas)
 
 
@@ -164,13 +192,22 @@ def avr_update(velocity_scale, traj: Trajectory, alpha):
   return alpha * velocity_scale + (1.0 - alpha) * m, m
 
 
+def initial_velocity_scale(policy, cfg: "DxMIConfig"):
+  """(T,) float32 initial s_t in sampling order.
+
+  "policy": the policy's own (VAR eta[T-1-t], EDM sigma_t^2, ...).  "sigma": what
+  DxMI_Trainer_EV does with use_sampler_beta: betas_for_q = exp(log_betas) (a standard
+  deviation, not a variance, and in the sampler's index order) read at T-1-t, so
+  transition t starts at exp(log_sigma_init[T-1-t]); recorded in dxmi_iteration_ev_2d.npz.
+  """
+  if cfg.avr_init == "sigma":
+    return np.exp(np.asarray(policy.init_log_sigma(), np.float32))[::-1].copy()
+  return np.asarray(policy.init_velocity_scale(), np.float32)
+
+
 def running_cost(x, x_next, s_t):
   """c_t = mean over dims (x_{t+1} - x_t)^2 / (2 s_t), per sample; s_t is (B,)."""
-  return mean_over_dims(jnp.square(x_next - x) / _bcast(2.0 * s_t, x))
-
-
-def _bcast(v, x):
-  return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+  return mean_over_dims(jnp.square(x_next - x) / bcast(2.0 * s_t, x))
 
 
 # --------------------------------------------------------------------------- energy
@@ -202,11 +239,11 @@ def clip_by_global_norm(grads, max_norm):
 def energy_step(energy_state, energy_apply, x_data, x_neg, y, cfg: DxMIConfig):
   """One optimiser step of the energy on data vs the rollout's final states."""
   grad_fn = jax.value_and_grad(
-      lambda p: energy_loss(energy_apply, p, x_data, jax.lax.stop_gradient(x_neg), y, cfg.gamma),
-      has_aux=True)
-  (_, aux), grads = grad_fn(energy_state.params)
-  grads, gnorm = clip_by_global_norm(grads, cfg.energy_grad_clip)
-  aux = dict(aux, grad_norm=gnorm, grads=grads)
+    lambda p: energy_loss(energy_apply, p, x_data, jax.lax.stop_gradient(x_neg), y, cfg.gamma), has_aux=True
+  )
+  (_, aux), raw_grads = grad_fn(energy_state.params)
+  grads, gnorm = clip_by_global_norm(raw_grads, cfg.energy_grad_clip)
+  aux = dict(aux, grad_norm=gnorm, grads=grads, grads_preclip=raw_grads)
   return energy_state.apply_gradients(grads=grads), aux
 
 
@@ -219,21 +256,31 @@ def time_cost(t, cfg: DxMIConfig):
   return cfg.time_cost_sig * a, cfg.time_cost_sig * b
 
 
-def td_value_scan(value_state, value_apply, traj: Trajectory, velocity_scale, cfg: DxMIConfig, *,
-                  y=None, td_order=None, energy_final=None, next_states=None):
+def td_value_scan(
+  value_state,
+  value_apply,
+  traj: Trajectory,
+  velocity_scale,
+  cfg: DxMIConfig,
+  *,
+  y=None,
+  td_order=None,
+  energy_final=None,
+  next_states=None,
+):
   """T sequential TD steps, t = T-1 down to 0, each one optimiser step on B states.
 
   Target of V(x_t, t), with the value network as updated by the previous step:
       V(x_{t+1}, t+1) [E(x_T) at t = T-1 when the energy is separate]
       + time cost + tau2 c_t 1[velocity] - tau1 log sigma_t 1[entropy]      (no gradient)
-  ``energy_final``: E(x_T) (B,) from the separate energy network, or None.
+  ``energy_final``: (B,) the separate energy network at the t = T-1 next state (the resampled
+  one under value_resample, as DxMI_Trainer_EV), or None.
   ``next_states``: (T, B, ...) replacement next states (value_resample), or None.
   Returns (new value state, per-step aux with a leading axis in sampling order t).
   """
   T = cfg.num_steps
   nexts = traj.next_states if next_states is None else next_states
-  xs = {"t": jnp.arange(T, dtype=jnp.int32), "x": traj.states, "x_next": nexts,
-        "log_sigma": traj.log_sigmas}
+  xs = {"t": jnp.arange(T, dtype=jnp.int32), "x": traj.states, "x_next": nexts, "log_sigma": traj.log_sigmas}
   if td_order is not None:  # reorder the B samples of each timestep block
     take = jax.vmap(lambda a, idx: jnp.take(a, idx, axis=0))
     xs = {k: (v if k == "t" else take(v, td_order)) for k, v in xs.items()}
@@ -269,18 +316,40 @@ def td_value_scan(value_state, value_apply, traj: Trajectory, velocity_scale, cf
     (loss, v_xt), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads, gnorm = clip_by_global_norm(grads, cfg.value_grad_clip)
     new_state = state.apply_gradients(grads=grads)
-    aux = {"v_next": v_next, "target": target, "v_xt": v_xt, "v_loss": loss,
-           "running_cost": rc, "grad_norm": gnorm, "grads": grads, "params_after": new_state.params,
-           "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm)}
+    aux = {
+      "v_next": v_next,
+      "target": target,
+      "v_xt": v_xt,
+      "v_loss": loss,
+      "running_cost": rc,
+      "grad_norm": gnorm,
+      "grads": grads,
+      "params_after": new_state.params,
+      "finite": jnp.isfinite(loss) & jnp.isfinite(gnorm),
+    }
     return new_state, aux
 
-  value_state, aux = jax.lax.scan(body, value_state, xs)
+  value_state, aux = jax.lax.scan(body, value_state, xs, unroll=cfg.unroll(cfg.td_unroll))
   return value_state, jax.tree.map(lambda a: a[::-1], aux)  # back to sampling order
 
 
 # --------------------------------------------------------------------------- policy
-def policy_loss(policy_params, policy, value_apply, value_params, x, t, noise, y, velocity_scale,
-                cfg: DxMIConfig, *, energy_apply=None, energy_params=None, rngs=None):
+def policy_loss(
+  policy_params,
+  policy,
+  value_apply,
+  value_params,
+  x,
+  t,
+  noise,
+  y,
+  velocity_scale,
+  cfg: DxMIConfig,
+  *,
+  energy_apply=None,
+  energy_params=None,
+  rngs=None,
+):
   """DxDP loss on a minibatch of states x_t with per-sample steps t (B,).
 
   x~ = mu_theta(x_t, t) + sigma_t(phi) eps (fresh eps; gradients reach theta and phi)
@@ -296,9 +365,16 @@ def policy_loss(policy_params, policy, value_apply, value_params, x, t, noise, y
     value_term = jnp.where(t + 1 == T, e, value_term)
   non_terminal = (t < T - cfg.skip_sampler_tau).astype(jnp.float32)
   loss = jnp.mean(value_term + (cfg.tau2 * rc - cfg.tau1 * out.log_sigma) * non_terminal)
-  aux = {"sampler_loss": loss, "value_term": value_term, "running_cost": rc,
-         "causal_entropy": out.log_sigma, "non_terminal": non_terminal, "mean": out.mean,
-         "next_state": out.sample, "sigma": out.sigma}
+  aux = {
+    "sampler_loss": loss,
+    "value_term": value_term,
+    "running_cost": rc,
+    "causal_entropy": out.log_sigma,
+    "non_terminal": non_terminal,
+    "mean": out.mean,
+    "next_state": out.sample,
+    "sigma": out.sigma,
+  }
   return loss, aux
 
 
@@ -310,31 +386,81 @@ def gather_transitions(traj: Trajectory, index, y=None):
   return states, t.astype(jnp.int32), (None if y is None else y[b])
 
 
-def policy_update(policy_state, policy, value_apply, value_params, traj: Trajectory, velocity_scale,
-                  noise: StepNoise, cfg: DxMIConfig, *, y=None, energy_apply=None, energy_params=None):
-  """One optimiser step per policy minibatch (lax.scan over the M minibatches)."""
+def policy_update(
+  policy_state,
+  policy,
+  value_apply,
+  value_params,
+  traj: Trajectory,
+  velocity_scale,
+  noise: StepNoise,
+  cfg: DxMIConfig,
+  *,
+  y=None,
+  energy_apply=None,
+  energy_params=None,
+  constrain=lambda tree, axis: tree,
+  guard=None,
+):
+  """One optimiser step per policy minibatch (lax.scan over the M minibatches).
+
+  ``constrain`` (as in ``dxmi_iteration``) shards each minibatch's indices, noise and
+  gathered rows along the data axis: the draw is the global one (rows without
+  replacement from the B*T buffer), but every device gathers and computes only its
+  B / n rows of it, so the UNet forward/backward of the minibatch is split too.
+
+  ``guard`` (a bool scalar, or None for no guard): a minibatch's step is applied only
+  while ``guard`` holds and every minibatch so far had a finite loss and gradient norm;
+  otherwise the state passes through unchanged.  The select is elementwise on the
+  updated leaves, so XLA does it in place: the policy state is never held twice
+  (the train step's non-finite guard uses this instead of keeping a copy of it).
+  """
   M = noise.policy_index.shape[0]
   keys = jax.random.split(noise.dropout, M)
+  guarded = guard is not None
 
-  def body(state, inp):
+  def body(carry, inp):
+    state, ok = carry if guarded else (carry, None)
     index, eps, key = inp
-    x, t, yb = gather_transitions(traj, index, y)
+    index, eps = constrain(index, 0), constrain(eps, 0)
+    x, t, yb = constrain(gather_transitions(traj, index, y), 0)
     grad_fn = jax.value_and_grad(policy_loss, has_aux=True)
-    (_, aux), grads = grad_fn(state.params, policy, value_apply, value_params, x, t, eps, yb,
-                              velocity_scale, cfg, energy_apply=energy_apply,
-                              energy_params=energy_params, rngs={"dropout": key})
+    (_, aux), grads = grad_fn(
+      state.params,
+      policy,
+      value_apply,
+      value_params,
+      x,
+      t,
+      eps,
+      yb,
+      velocity_scale,
+      cfg,
+      energy_apply=energy_apply,
+      energy_params=energy_params,
+      rngs={"dropout": key},
+    )
     grads, gnorm = clip_by_global_norm(grads, cfg.policy_grad_clip)
-    new_state = state.apply_gradients(grads=grads)
-    aux = dict(aux, t=t, state=x, grad_norm=gnorm, grads=grads, params_after=new_state.params,
-               finite=jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm))
-    return new_state, aux
+    finite = jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm)
+    if guarded:  # the step itself is conditional: no second copy of the state exists
+      ok = ok & finite
+      new_state = jax.lax.cond(ok, lambda s: s.apply_gradients(grads=grads), lambda s: s, state)
+    else:
+      new_state = state.apply_gradients(grads=grads)
+    aux = dict(aux, t=t, state=x, grad_norm=gnorm, grads=grads, params_after=new_state.params, finite=finite)
+    if not guarded:
+      return new_state, aux
+    return (new_state, ok), aux
 
-  xs = (noise.policy_index, noise.policy_noise, keys)
+  xs = (constrain(noise.policy_index, 1), constrain(noise.policy_noise, 1), keys)
+  init = (policy_state, jnp.asarray(guard, bool)) if guarded else policy_state
   if M == 1:  # one minibatch (the CIFAR trainer): no loop.  XLA:CPU runs a UNet gradient
     # inside a while loop many times slower than outside one.
-    new_state, aux = body(policy_state, jax.tree.map(lambda a: a[0], xs))
-    return new_state, jax.tree.map(lambda a: a[None], aux)
-  return jax.lax.scan(body, policy_state, xs)
+    carry, aux = body(init, jax.tree.map(lambda a: a[0], xs))
+    aux = jax.tree.map(lambda a: a[None], aux)
+  else:
+    carry, aux = jax.lax.scan(body, init, xs)
+  return (carry[0] if guarded else carry), aux
 
 
 # ----------------------------------------------------------------------- iteration
@@ -345,6 +471,7 @@ class Networks:
   value_apply(params, x, t, y) -> (B,);  energy_apply(params, x, y) -> (B,) or None
   (None: the energy is value_apply(., T)).
   """
+
   policy: Any
   value_apply: Callable
   energy_apply: Optional[Callable] = None
@@ -352,6 +479,7 @@ class Networks:
 
 def module_apply(module, with_time: bool = True):
   """Wraps a Flax module with signature (x, t, y=None) into an apply returning (B,)."""
+
   def apply(params, x, *args):
     if with_time:
       t, y = args
@@ -360,6 +488,7 @@ def module_apply(module, with_time: bool = True):
     kwargs = {} if y is None else {"y": y}
     out = module.apply({"params": params}, x, t, **kwargs)
     return out.reshape(x.shape[0])
+
   return apply
 
 
@@ -370,14 +499,14 @@ def draw_noise(rng, data_shape, cfg: DxMIConfig, policy) -> StepNoise:
   k_x0, k_roll, k_perm, k_pol, k_res, k_drop = jax.random.split(rng, 6)
   perm = jax.random.permutation(k_perm, T * B)[: M * B].reshape(M, B).astype(jnp.int32)
   return StepNoise(
-      x0=policy.prior(k_x0, data_shape),
-      rollout=jax.random.normal(k_roll, (T,) + tuple(data_shape), jnp.float32),
-      policy_index=perm,
-      policy_noise=jax.random.normal(k_pol, (M,) + tuple(data_shape), jnp.float32),
-      td_order=None,
-      resample=(jax.random.normal(k_res, (T,) + tuple(data_shape), jnp.float32)
-                if cfg.value_resample else None),
-      dropout=k_drop)
+    x0=policy.prior(k_x0, data_shape),
+    rollout=jax.random.normal(k_roll, (T,) + tuple(data_shape), jnp.float32),
+    policy_index=perm,
+    policy_noise=jax.random.normal(k_pol, (M,) + tuple(data_shape), jnp.float32),
+    td_order=None,
+    resample=(jax.random.normal(k_res, (T,) + tuple(data_shape), jnp.float32) if cfg.value_resample else None),
+    dropout=k_drop,
+  )
 
 
 def resample_next_states(policy, policy_params, traj: Trajectory, noise, y=None):
@@ -391,12 +520,21 @@ def resample_next_states(policy, policy_params, traj: Trajectory, noise, y=None)
   return jax.lax.map(lambda a: one(*a), (traj.states, jnp.arange(T, dtype=jnp.int32), noise))
 
 
-def dxmi_iteration(state: DxMIState, batch, noise: StepNoise, nets: Networks, cfg: DxMIConfig,
-                   constrain=lambda tree, axis: tree):
+def dxmi_iteration(
+  state: DxMIState,
+  batch,
+  noise: StepNoise,
+  nets: Networks,
+  cfg: DxMIConfig,
+  constrain=lambda tree, axis: tree,
+  guard_policy: bool = False,
+):
   """One full DxMI iteration.  Returns (new state, aux of every stage).
 
   ``batch``: {"x": (B, ...) data, optionally "y": (B,) labels}.
   ``constrain(tree, batch_axis)``: sharding constraint hook (identity on one device).
+  ``guard_policy``: apply the policy steps only while the energy step, the TD steps and
+  the policy minibatches so far are finite (``policy_update``'s ``guard``).
   """
   x_data, y = batch["x"], batch.get("y")
   policy = nets.policy
@@ -406,7 +544,14 @@ def dxmi_iteration(state: DxMIState, batch, noise: StepNoise, nets: Networks, cf
   T = cfg.num_steps
   energy_of_value = lambda p, x, yy: nets.value_apply(p, x, jnp.full((x.shape[0],), T, jnp.int32), yy)
   # 1. rollout
-  traj = rollout(policy, state.policy.params, constrain(noise.x0, 0), constrain(noise.rollout, 1), y)
+  traj = rollout(
+    policy,
+    state.policy.params,
+    constrain(noise.x0, 0),
+    constrain(noise.rollout, 1),
+    y,
+    unroll=cfg.unroll(cfg.rollout_unroll),
+  )
   traj = constrain(traj, 1)
   # 2. AVR
   s_new, avr_m = avr_update(state.velocity_scale, traj, cfg.adavelreg)
@@ -414,23 +559,50 @@ def dxmi_iteration(state: DxMIState, batch, noise: StepNoise, nets: Networks, cf
   if cfg.separate_energy:
     energy_state, e_aux = energy_step(state.energy, energy_apply, x_data, traj.final, y, cfg)
     value_state = state.value
-    energy_final = energy_apply(energy_state.params, traj.final, y)
   else:
     value_state, e_aux = energy_step(state.value, energy_of_value, x_data, traj.final, y, cfg)
-    energy_state, energy_final = state.energy, None
+    energy_state = state.energy
   # 4. TD value scan
   next_states = None
   if cfg.value_resample:
     next_states = constrain(resample_next_states(policy, state.policy.params, traj, noise.resample, y), 1)
-  value_state, td_aux = td_value_scan(value_state, nets.value_apply, traj, s_new, cfg, y=y,
-                                      td_order=noise.td_order, energy_final=energy_final,
-                                      next_states=next_states)
+  energy_final = None
+  if cfg.separate_energy:  # the TD target at t = T-1 is f of the state the target's running cost
+    # uses: the resampled x_T under value_resample (DxMI_Trainer_EV), else the stored one
+    x_final = traj.final if next_states is None else next_states[T - 1]
+    energy_final = energy_apply(energy_state.params, x_final, y)
+  value_state, td_aux = td_value_scan(
+    value_state,
+    nets.value_apply,
+    traj,
+    s_new,
+    cfg,
+    y=y,
+    td_order=noise.td_order,
+    energy_final=energy_final,
+    next_states=next_states,
+  )
   # 5. policy update(s)
   policy_state, pol_aux = policy_update(
-      state.policy, policy, nets.value_apply, value_state.params, traj, s_new, noise, cfg, y=y,
-      energy_apply=energy_apply, energy_params=None if energy_state is None else energy_state.params)
-  new_state = state.replace(policy=policy_state, value=value_state, energy=energy_state,
-                            velocity_scale=s_new)
+    state.policy,
+    policy,
+    nets.value_apply,
+    value_state.params,
+    traj,
+    s_new,
+    noise,
+    cfg,
+    y=y,
+    energy_apply=energy_apply,
+    energy_params=None if energy_state is None else energy_state.params,
+    constrain=constrain,
+    guard=(
+      jnp.isfinite(e_aux["d_loss"]) & jnp.isfinite(e_aux["grad_norm"]) & jnp.all(td_aux["finite"])
+      if guard_policy
+      else None
+    ),
+  )
+  new_state = state.replace(policy=policy_state, value=value_state, energy=energy_state, velocity_scale=s_new)
   aux = {"traj": traj, "avr_m": avr_m, "energy": e_aux, "td": td_aux, "policy": pol_aux}
   return new_state, aux
 
@@ -440,30 +612,35 @@ def iteration_metrics(state: DxMIState, aux):
   e, td, pol = aux["energy"], aux["td"], aux["policy"]
   sq = lambda tree: sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
   m = {
-      "ebm/d_loss": e["d_loss"], "ebm/pos_e": e["pos_e"], "ebm/neg_e": e["neg_e"], "ebm/reg": e["reg"],
-      "ebm/grad_norm": e["grad_norm"],
-      "ebm/v_loss": td["v_loss"][0], "ebm/running_cost": jnp.mean(td["running_cost"][0]),
-      "running_cost/step": jnp.mean(td["running_cost"], axis=-1),   # (T,) per step t
-      "value/step": jnp.mean(td["v_xt"], axis=-1),                  # (T,) V(x_t) before its TD step
-      "td/v_loss": td["v_loss"],                                    # (T,)
-      "adavelreg/beta": state.velocity_scale,                       # (T,) sampling order
-      "sampler/sampler_loss": pol["sampler_loss"][-1],
-      "sampler/sampler_value_loss": jnp.mean(pol["value_term"][-1]),
-      "sampler/running_cost": jnp.mean(pol["running_cost"][-1]),
-      "sampler/causal_entropy": jnp.mean(pol["causal_entropy"][-1]),
-      "sampler/grad_norm": pol["grad_norm"][-1],
-      "sigma/sigma": jnp.exp(state.policy.params["log_sigma"]),      # (T,)
-      "weight_norm/sampler": sq(state.policy.params),
-      "weight_norm/value": sq(state.value.params),
-      "sample/final_norm": jnp.mean(jnp.sqrt(jnp.sum(
-          jnp.square(aux["traj"].final.reshape(aux["traj"].final.shape[0], -1)), -1))),
+    "ebm/d_loss": e["d_loss"],
+    "ebm/pos_e": e["pos_e"],
+    "ebm/neg_e": e["neg_e"],
+    "ebm/reg": e["reg"],
+    "ebm/grad_norm": e["grad_norm"],
+    "ebm/v_loss": td["v_loss"][0],
+    "ebm/running_cost": jnp.mean(td["running_cost"][0]),
+    "running_cost/step": jnp.mean(td["running_cost"], axis=-1),  # (T,) per step t
+    "value/step": jnp.mean(td["v_xt"], axis=-1),  # (T,) V(x_t) before its TD step
+    "td/v_loss": td["v_loss"],  # (T,)
+    "adavelreg/beta": state.velocity_scale,  # (T,) sampling order
+    "sampler/sampler_loss": pol["sampler_loss"][-1],
+    "sampler/sampler_value_loss": jnp.mean(pol["value_term"][-1]),
+    "sampler/running_cost": jnp.mean(pol["running_cost"][-1]),
+    "sampler/causal_entropy": jnp.mean(pol["causal_entropy"][-1]),
+    "sampler/grad_norm": pol["grad_norm"][-1],
+    "sigma/sigma": jnp.exp(state.policy.params["log_sigma"]),  # (T,)
+    "weight_norm/sampler": sq(state.policy.params),
+    "weight_norm/value": sq(state.value.params),
+    "sample/final_norm": jnp.mean(
+      jnp.sqrt(jnp.sum(jnp.square(aux["traj"].final.reshape(aux["traj"].final.shape[0], -1)), -1))
+    ),
   }
   if state.energy is not None:
     m["weight_norm/energy"] = sq(state.energy.params)
   finite = {
-      "ebm/d_loss": jnp.isfinite(e["d_loss"]) & jnp.isfinite(e["grad_norm"]),
-      "td/v_loss": jnp.all(td["finite"]),
-      "sampler/sampler_loss": jnp.all(pol["finite"]),
+    "ebm/d_loss": jnp.isfinite(e["d_loss"]) & jnp.isfinite(e["grad_norm"]),
+    "td/v_loss": jnp.all(td["finite"]),
+    "sampler/sampler_loss": jnp.all(pol["finite"]),
   }
   return m, finite
 
@@ -472,40 +649,71 @@ def iteration_metrics(state: DxMIState, aux):
 NONFINITE_QUANTITIES = ("ebm/d_loss", "td/v_loss", "sampler/sampler_loss")
 
 
-def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data_axis="data"):
+def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data_axis="data", param_shardings=None):
   """Builds ``train_step(state, batch) -> (state, metrics)``, one XLA program.
 
   Randomness is ``fold_in(state.rng, state.step)``: a function of the seed and the
   step only, never of the device count.  With a mesh, every batch-major array is
-  constrained to be sharded along ``data_axis`` (data parallelism); parameters
-  stay replicated.  An iteration whose losses or gradient norms are not finite is
-  skipped (the state is kept, the step and the skip counters advance).
+  constrained to be sharded along ``data_axis`` (data parallelism).  Parameters are
+  replicated, or, with ``param_shardings`` (a DxMIState of shardings, e.g. FSDP's),
+  stored sharded and gathered once per iteration for compute.  An iteration whose
+  losses or gradient norms are not finite is skipped (the state is kept, the step
+  and the skip counters advance).  The policy state is guarded in place, without a
+  second copy of it: its steps stop at the first non-finite quantity, so when a later
+  policy minibatch (M > 1) is the first non-finite one, the policy keeps the earlier
+  minibatches' steps; everything else returns to its state before the iteration.
   """
   if mesh is not None:
+
     def constrain(tree, batch_axis):
       spec = P(*([None] * batch_axis + [data_axis]))
       return jax.tree.map(
-          lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
-          if a.ndim > batch_axis else a, tree)
+        lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec)) if a.ndim > batch_axis else a, tree
+      )
   else:
     constrain = lambda tree, axis: tree
+
+  def gathered(state):
+    """The state with its parameters replicated for compute (FSDP: all-gathered here)."""
+    if mesh is None or param_shardings is None:
+      return state
+    repl = NamedSharding(mesh, P())
+    gather = lambda ts: (
+      None
+      if ts is None
+      else ts.replace(params=jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, repl), ts.params))
+    )
+    return state.replace(policy=gather(state.policy), value=gather(state.value), energy=gather(state.energy))
+
+  def stored_layout(state):
+    if param_shardings is None:
+      return state
+    # by leaf order: every abstract_state() call builds new optimiser objects (pytree metadata)
+    shardings = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(param_shardings))
+    return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
 
   def train_step(state: DxMIState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     noise = draw_noise(key, data_shape, cfg, nets.policy)
-    new_state, aux = dxmi_iteration(state, batch, noise, nets, cfg, constrain)
+    new_state, aux = dxmi_iteration(gathered(state), batch, noise, nets, cfg, constrain, guard_policy=True)
+    new_state = stored_layout(new_state)  # back to the stored layout before the guard
     metrics, finite = iteration_metrics(new_state, aux)
     ok = jnp.all(jnp.stack(list(finite.values())))
-    kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+    # the policy (the big state) was guarded in place by policy_update; the rest is rolled back here
+    kept = jax.tree.map(
+      lambda n, o: jnp.where(ok, n, o), new_state.replace(policy=None), state.replace(policy=None)
+    ).replace(policy=new_state.policy)
     run = jnp.where(ok, 0, state.consecutive_skips + 1)
     mask = sum(jnp.where(v, 0, 1 << i) for i, v in enumerate(finite.values()))
-    kept = kept.replace(step=state.step + 1,
-                        skipped=state.skipped + (~ok).astype(jnp.int32),
-                        consecutive_skips=run,
-                        max_skip_run=jnp.maximum(state.max_skip_run, run),
-                        nonfinite_mask=jnp.where(ok, state.nonfinite_mask, mask).astype(jnp.int32))
+    kept = kept.replace(
+      step=state.step + 1,
+      skipped=state.skipped + (~ok).astype(jnp.int32),
+      consecutive_skips=run,
+      max_skip_run=jnp.maximum(state.max_skip_run, run),
+      nonfinite_mask=jnp.where(ok, state.nonfinite_mask, mask).astype(jnp.int32),
+    )
     metrics["nonfinite/skipped_total"] = kept.skipped
     metrics.update({f"nonfinite/{k}": (~v).astype(jnp.int32) for k, v in finite.items()})
-    return kept, metrics
+    return stored_layout(kept), metrics
 
   return train_step

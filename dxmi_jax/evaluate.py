@@ -27,6 +27,7 @@ Bad input (missing files, empty npz, wrong dtype/shape, reference without
 statistics or images, NaN features, missing weights) ends with one line
 ``error: ...`` on stderr and exit status 1; no statistics file is written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from dxmi_jax import convert
+from dxmi_jax import convert, io
 from dxmi_jax import samples as samples_lib
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.metrics import fid as fid_lib
@@ -48,13 +49,16 @@ from dxmi_jax.metrics import precision_recall as pr_lib
 from dxmi_jax.models import inception
 
 IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
-PORT_NOTE = ("pytorch-fid FID-Inception port in JAX; it differs slightly from OpenAI's TF "
-             "evaluator (classify_image_graph_def.pb) used for the paper's numbers")
+PORT_NOTE = (
+  "pytorch-fid FID-Inception port in JAX; it differs slightly from OpenAI's TF "
+  "evaluator (classify_image_graph_def.pb) used for the paper's numbers"
+)
 
 
 # --------------------------------------------------------------------------------------
 # Image sources: all yield uint8 NHWC batches of equal image size.
 # --------------------------------------------------------------------------------------
+
 
 def load_samples_npz(path: str) -> np.ndarray:
   """``arr_0`` of a samples file, validated as non-empty uint8 NHWC RGB."""
@@ -66,7 +70,8 @@ def load_samples_npz(path: str) -> np.ndarray:
         raise features_lib.EvaluationInputError(f"samples file {path} is an empty npz (no arrays)")
       if "arr_0" not in z.files:
         raise features_lib.EvaluationInputError(
-            f"samples file {path} has no 'arr_0' (uint8 NHWC images); found {z.files}")
+          f"samples file {path} has no 'arr_0' (uint8 NHWC images); found {z.files}"
+        )
       images = z["arr_0"]
   except (OSError, ValueError) as e:
     if isinstance(e, features_lib.EvaluationInputError):
@@ -77,25 +82,23 @@ def load_samples_npz(path: str) -> np.ndarray:
 
 def _batched(arr: np.ndarray, size: int) -> Iterator[np.ndarray]:
   for i in range(0, arr.shape[0], size):
-    yield arr[i:i + size]
+    yield arr[i : i + size]
 
 
-def folder_images(folder: str, batch_size: int, max_images: Optional[int] = None
-                  ) -> Iterator[np.ndarray]:
+def folder_images(folder: str, batch_size: int, max_images: Optional[int] = None) -> Iterator[np.ndarray]:
   """Images of a folder (sorted names, RGB via Pillow), all of one size."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   if not os.path.isdir(folder):
     raise features_lib.EvaluationInputError(f"--folder: {folder} is not a directory")
-  files = sorted(f for f in glob.glob(os.path.join(folder, "*"))
-                 if f.lower().endswith(IMAGE_EXTENSIONS))
+  files = sorted(f for f in glob.glob(os.path.join(folder, "*")) if f.lower().endswith(IMAGE_EXTENSIONS))
   if not files:
-    raise features_lib.EvaluationInputError(
-        f"--folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    raise features_lib.EvaluationInputError(f"--folder: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
   files = files[:max_images] if max_images else files
   size = None
   for i in range(0, len(files), batch_size):
     batch = []
-    for f in files[i:i + batch_size]:
+    for f in files[i : i + batch_size]:
       try:
         with Image.open(f) as im:
           a = np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -105,8 +108,9 @@ def folder_images(folder: str, batch_size: int, max_images: Optional[int] = None
         size = a.shape
       elif a.shape != size:
         raise features_lib.EvaluationInputError(
-            f"--folder: {f} is {a.shape[1]}x{a.shape[0]} but earlier images are "
-            f"{size[1]}x{size[0]}; all images must have the same size")
+          f"--folder: {f} is {a.shape[1]}x{a.shape[0]} but earlier images are "
+          f"{size[1]}x{size[0]}; all images must have the same size"
+        )
       batch.append(a)
     yield np.stack(batch)
 
@@ -114,20 +118,21 @@ def folder_images(folder: str, batch_size: int, max_images: Optional[int] = None
 _TFDS_SPEC = re.compile(r"^(?P<name>[^:\s]+?(?::\d+\.\d+\.\d+)?):(?P<split>.+)$")
 
 
-def tfds_images(spec: str, batch_size: int, data_dir: Optional[str] = None,
-                max_images: Optional[int] = None) -> Iterator[np.ndarray]:
+def tfds_images(
+  spec: str, batch_size: int, data_dir: Optional[str] = None, max_images: Optional[int] = None
+) -> Iterator[np.ndarray]:
   """Images of a TFDS split, ``NAME[:VERSION]:SPLIT``, through ``tfds.data_source``."""
   m = _TFDS_SPEC.match(spec)
   if not m:
-    raise features_lib.EvaluationInputError(
-        f"--tfds={spec!r}: expected NAME:SPLIT, e.g. cifar10:train")
+    raise features_lib.EvaluationInputError(f"--tfds={spec!r}: expected NAME:SPLIT, e.g. cifar10:train")
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   try:
     ds = tfds.data_source(m["name"], split=m["split"], data_dir=data_dir)
   except Exception as e:  # tfds raises many kinds; report them as one input error
     raise features_lib.EvaluationInputError(
-        f"--tfds={spec}: cannot open the split with tfds.data_source "
-        f"(data_dir={data_dir}): {type(e).__name__}: {e}") from e
+      f"--tfds={spec}: cannot open the split with tfds.data_source (data_dir={data_dir}): {type(e).__name__}: {e}"
+    ) from e
   n = len(ds)
   if max_images:
     n = min(n, max_images)
@@ -140,20 +145,20 @@ def tfds_images(spec: str, batch_size: int, data_dir: Optional[str] = None,
     batch = []
     for j, rec in zip(idx, records):
       if "image" not in rec:
-        raise features_lib.EvaluationInputError(
-            f"--tfds={spec}: records have no 'image' feature (keys {sorted(rec)})")
+        raise features_lib.EvaluationInputError(f"--tfds={spec}: records have no 'image' feature (keys {sorted(rec)})")
       a = np.asarray(rec["image"])
       if a.ndim == 3 and a.shape[-1] == 1:  # grayscale -> RGB, like PIL's convert("RGB")
         a = np.repeat(a, 3, axis=-1)
       if a.dtype != np.uint8 or a.ndim != 3 or a.shape[-1] != 3:
         raise features_lib.EvaluationInputError(
-            f"--tfds={spec}: record {j} image is {a.dtype} {a.shape}, expected uint8 HxWx3")
+          f"--tfds={spec}: record {j} image is {a.dtype} {a.shape}, expected uint8 HxWx3"
+        )
       if size is None:
         size = a.shape
       elif a.shape != size:
         raise features_lib.EvaluationInputError(
-            f"--tfds={spec}: record {j} is {a.shape} but earlier images are {size}; "
-            f"all images must have the same size")
+          f"--tfds={spec}: record {j} is {a.shape} but earlier images are {size}; all images must have the same size"
+        )
       batch.append(a)
     yield np.stack(batch)
 
@@ -162,9 +167,14 @@ def tfds_images(spec: str, batch_size: int, data_dir: Optional[str] = None,
 # Library API.
 # --------------------------------------------------------------------------------------
 
-def compute_reference(batches, extractor: features_lib.InceptionFeatureExtractor, source: str,
-                      pr_features: int = 10_000, name: str = "reference images"
-                      ) -> fid_lib.ReferenceStatistics:
+
+def compute_reference(
+  batches,
+  extractor: features_lib.InceptionFeatureExtractor,
+  source: str,
+  pr_features: int = 10_000,
+  name: str = "reference images",
+) -> fid_lib.ReferenceStatistics:
   """Streams image batches into mu/sigma and keeps the first ``pr_features`` pool3 rows."""
   stats = features_lib.RunningStatistics()
   kept: List[np.ndarray] = []
@@ -172,16 +182,19 @@ def compute_reference(batches, extractor: features_lib.InceptionFeatureExtractor
   for pool3, _ in extractor.iter_features(batches, name):
     stats.update(pool3)
     if have < pr_features:
-      kept.append(pool3[:pr_features - have])
+      kept.append(pool3[: pr_features - have])
       have += kept[-1].shape[0]
   if stats.n < 2:
-    raise features_lib.EvaluationInputError(
-        f"{source}: reference statistics need at least 2 images, got {stats.n}")
+    raise features_lib.EvaluationInputError(f"{source}: reference statistics need at least 2 images, got {stats.n}")
   return fid_lib.ReferenceStatistics(
-      mu=stats.mean, sigma=stats.covariance, n=stats.n,
-      features=np.concatenate(kept) if kept else None,
-      feature_extractor=extractor.name, source=source,
-      protocol=f"mean/covariance (ddof=1, float64) of pool3 over {stats.n} images of {source}")
+    mu=stats.mean,
+    sigma=stats.covariance,
+    n=stats.n,
+    features=np.concatenate(kept) if kept else None,
+    feature_extractor=extractor.name,
+    source=source,
+    protocol=f"mean/covariance (ddof=1, float64) of pool3 over {stats.n} images of {source}",
+  )
 
 
 def fid_name(n: int) -> str:
@@ -189,16 +202,21 @@ def fid_name(n: int) -> str:
   return "fid" if n >= fid_lib.FULL_EVAL_SAMPLES else f"fid_proxy_{n}"
 
 
-def evaluate_samples(sample_images: np.ndarray, ref: fid_lib.ReferenceStatistics,
-                     extractor: features_lib.InceptionFeatureExtractor, *, k: int = 3,
-                     is_splits: int = 10, pr_block_size: int = 10_000,
-                     distance_dtype: str = "float32", recompute_reference_stats: bool = False
-                     ) -> Dict[str, Any]:
+def evaluate_samples(
+  sample_images: np.ndarray,
+  ref: fid_lib.ReferenceStatistics,
+  extractor: features_lib.InceptionFeatureExtractor,
+  *,
+  k: int = 3,
+  is_splits: int = 10,
+  pr_block_size: int = 10_000,
+  distance_dtype: str = "float32",
+  recompute_reference_stats: bool = False,
+) -> Dict[str, Any]:
   """FID (or fid_proxy_<n>), precision, recall and IS of uint8 samples vs a reference."""
   sample_images = features_lib.validate_images(sample_images, "samples")
   if recompute_reference_stats and ref.images is None:
-    raise fid_lib.ReferenceFileError(
-        "--recompute_reference_stats needs reference images (arr_0) in the reference file")
+    raise fid_lib.ReferenceFileError("--recompute_reference_stats needs reference images (arr_0) in the reference file")
   stats = features_lib.RunningStatistics()
   pools, logits = [], []
   for p, l in extractor.iter_features([sample_images], "samples"):
@@ -220,23 +238,27 @@ def evaluate_samples(sample_images: np.ndarray, ref: fid_lib.ReferenceStatistics
     mu2, sigma2, n_ref = rs.mean, rs.covariance, rs.n
     ref_extractor = extractor.name
   if ref_extractor != extractor.name:
-    notes.append(f"reference mu/sigma come from a different feature extractor ({ref_extractor}); "
-                 f"the FID mixes it with the port's sample features")
+    notes.append(
+      f"reference mu/sigma come from a different feature extractor ({ref_extractor}); "
+      f"the FID mixes it with the port's sample features"
+    )
   result: Dict[str, Any] = {
-      "n_samples": stats.n, "n_reference_stats": n_ref,
-      "protocol": PORT_NOTE, "feature_extractor": extractor.name,
-      "reference_feature_extractor": ref_extractor,
+    "n_samples": stats.n,
+    "n_reference_stats": n_ref,
+    "protocol": PORT_NOTE,
+    "feature_extractor": extractor.name,
+    "reference_feature_extractor": ref_extractor,
   }
   result[fid_name(stats.n)] = fid_lib.frechet_distance(stats.mean, stats.covariance, mu2, sigma2)
   if ref_pool is not None:
-    pr = pr_lib.precision_recall(ref_pool, sample_pool, k=k, block_size=pr_block_size,
-                                 distance_dtype=distance_dtype)
+    pr = pr_lib.precision_recall(ref_pool, sample_pool, k=k, block_size=pr_block_size, distance_dtype=distance_dtype)
     result.update(pr)
     result["n_reference_pr"] = int(ref_pool.shape[0])
   else:
     notes.append("precision/recall skipped: the reference has neither 'features' nor 'arr_0'")
   result["inception_score"], result["inception_score_std"] = is_lib.inception_score(
-      np.concatenate(logits), num_splits=is_splits)
+    np.concatenate(logits), num_splits=is_splits
+  )
   result["is_splits"] = is_splits
   result["notes"] = notes
   return result
@@ -246,38 +268,49 @@ def evaluate_samples(sample_images: np.ndarray, ref: fid_lib.ReferenceStatistics
 # CLI.
 # --------------------------------------------------------------------------------------
 
+
 def _common(p: argparse.ArgumentParser) -> None:
-  p.add_argument("--inception_weights", default=None,
-                 help=f"pytorch-fid weights (.pth, or .npz with the same keys); default "
-                      f"${inception.WEIGHTS_ENV_VAR}")
-  p.add_argument("--batch_size", type=int, default=200,
-                 help="global feature-extraction batch (split over all devices)")
+  p.add_argument(
+    "--inception_weights",
+    default=None,
+    help=f"pytorch-fid weights (.pth, or .npz with the same keys); default ${inception.WEIGHTS_ENV_VAR}",
+  )
+  p.add_argument("--batch_size", type=int, default=200, help="global feature-extraction batch (split over all devices)")
 
 
 def _eval_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m dxmi_jax.evaluate",
-      description="FID / precision / recall / IS of SAMPLES.npz against REFERENCE.npz "
-                  "(or: python -m dxmi_jax.evaluate stats --help).")
+    prog="python -m dxmi_jax.evaluate",
+    description="FID / precision / recall / IS of SAMPLES.npz against REFERENCE.npz "
+    "(or: python -m dxmi_jax.evaluate stats --help).",
+  )
   p.add_argument("samples", help="npz with arr_0 = uint8 NHWC samples")
   p.add_argument("reference", help="OpenAI VIRTUAL_*.npz or a stats file from the 'stats' command")
   _common(p)
   p.add_argument("--k", type=int, default=3, help="k of the k-NN balls for precision/recall")
   p.add_argument("--is_splits", type=int, default=10, help="Inception-score splits")
   p.add_argument("--pr_block_size", type=int, default=10_000)
-  p.add_argument("--distance_dtype", choices=("float32", "float16"), default="float32",
-                 help="float16 mimics OpenAI's fp16 distance blocks (with fp32 fallback)")
-  p.add_argument("--recompute_reference_stats", action="store_true",
-                 help="compute the reference mu/sigma from its arr_0 with the port instead of "
-                      "using the stored (possibly TF-graph) mu/sigma")
+  p.add_argument(
+    "--distance_dtype",
+    choices=("float32", "float16"),
+    default="float32",
+    help="float16 mimics OpenAI's fp16 distance blocks (with fp32 fallback)",
+  )
+  p.add_argument(
+    "--recompute_reference_stats",
+    action="store_true",
+    help="compute the reference mu/sigma from its arr_0 with the port instead of "
+    "using the stored (possibly TF-graph) mu/sigma",
+  )
   p.add_argument("--json", default=None, help="also write the results to this JSON file")
   return p
 
 
 def _stats_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="python -m dxmi_jax.evaluate stats",
-      description="Compute and cache reference statistics (mu, sigma, P/R features).")
+    prog="python -m dxmi_jax.evaluate stats",
+    description="Compute and cache reference statistics (mu, sigma, P/R features).",
+  )
   src = p.add_mutually_exclusive_group(required=True)
   src.add_argument("--tfds", help="NAME:SPLIT read with tfds.data_source, e.g. cifar10:train")
   src.add_argument("--folder", help="folder of images (png/jpg/...), all the same size")
@@ -285,8 +318,12 @@ def _stats_parser() -> argparse.ArgumentParser:
   p.add_argument("--out", required=True, help="output .npz (written atomically)")
   p.add_argument("--data_dir", default=None, help="tfds data_dir")
   p.add_argument("--max_images", type=int, default=None, help="use only the first N images")
-  p.add_argument("--pr_features", type=int, default=10_000,
-                 help="store pool3 features of the first N images for precision/recall (0: none)")
+  p.add_argument(
+    "--pr_features",
+    type=int,
+    default=10_000,
+    help="store pool3 features of the first N images for precision/recall (0: none)",
+  )
   _common(p)
   return p
 
@@ -296,10 +333,12 @@ def _print_results(res: Dict[str, Any], samples_path: str, ref_path: str) -> Non
   print(f"samples: {samples_path} ({res['n_samples']} images)")
   n_pr = res.get("n_reference_pr")
   n_ref = res["n_reference_stats"]
-  print(f"reference: {ref_path} (mu/sigma over {n_ref if n_ref else 'an unrecorded number of'} "
-        f"images from "
-        f"{res['reference_feature_extractor']}"
-        + (f"; precision/recall against {n_pr} reference features)" if n_pr else ")"))
+  print(
+    f"reference: {ref_path} (mu/sigma over {n_ref if n_ref else 'an unrecorded number of'} "
+    f"images from "
+    f"{res['reference_feature_extractor']}"
+    + (f"; precision/recall against {n_pr} reference features)" if n_pr else ")")
+  )
   for note in res["notes"]:
     print(f"note: {note}")
   for key in res:
@@ -308,21 +347,27 @@ def _print_results(res: Dict[str, Any], samples_path: str, ref_path: str) -> Non
   if "precision" in res:
     print(f"precision: {res['precision']:.4f}")
     print(f"recall: {res['recall']:.4f}")
-  print(f"inception_score: {res['inception_score']:.4f} +- {res['inception_score_std']:.4f} "
-        f"({res['is_splits']} splits)")
+  print(
+    f"inception_score: {res['inception_score']:.4f} +- {res['inception_score_std']:.4f} ({res['is_splits']} splits)"
+  )
 
 
 def _run_eval(args) -> None:
   images = load_samples_npz(args.samples)
   ref = fid_lib.load_reference(args.reference)
   if args.recompute_reference_stats and ref.images is None:
-    raise fid_lib.ReferenceFileError(
-        f"--recompute_reference_stats: {args.reference} has no reference images (arr_0)")
-  extractor = features_lib.InceptionFeatureExtractor.from_weights(
-      args.inception_weights, batch_size=args.batch_size)
-  res = evaluate_samples(images, ref, extractor, k=args.k, is_splits=args.is_splits,
-                         pr_block_size=args.pr_block_size, distance_dtype=args.distance_dtype,
-                         recompute_reference_stats=args.recompute_reference_stats)
+    raise fid_lib.ReferenceFileError(f"--recompute_reference_stats: {args.reference} has no reference images (arr_0)")
+  extractor = features_lib.InceptionFeatureExtractor.from_weights(args.inception_weights, batch_size=args.batch_size)
+  res = evaluate_samples(
+    images,
+    ref,
+    extractor,
+    k=args.k,
+    is_splits=args.is_splits,
+    pr_block_size=args.pr_block_size,
+    distance_dtype=args.distance_dtype,
+    recompute_reference_stats=args.recompute_reference_stats,
+  )
   res.update(samples=os.path.abspath(args.samples), reference=os.path.abspath(args.reference))
   _print_results(res, args.samples, args.reference)
   if args.json:
@@ -330,8 +375,7 @@ def _run_eval(args) -> None:
 
 
 def _atomic_json(path: str, obj: Dict[str, Any]) -> None:
-  data = json.dumps(obj, indent=2, sort_keys=True).encode()
-  samples_lib.atomic_write(path, lambda f: f.write(data), ".json")
+  io.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def _run_stats(args) -> None:
@@ -340,7 +384,7 @@ def _run_stats(args) -> None:
   if args.npz:
     images = load_samples_npz(args.npz)
     if args.max_images:
-      images = images[:args.max_images]
+      images = images[: args.max_images]
     batches, source = _batched(images, args.batch_size), f"npz:{os.path.abspath(args.npz)}"
   elif args.folder:
     batches = folder_images(args.folder, args.batch_size, args.max_images)
@@ -350,8 +394,7 @@ def _run_stats(args) -> None:
     source = f"tfds:{args.tfds}"
   # Read the first batch before loading weights, so bad input fails fast.
   first = next(batches)
-  extractor = features_lib.InceptionFeatureExtractor.from_weights(
-      args.inception_weights, batch_size=args.batch_size)
+  extractor = features_lib.InceptionFeatureExtractor.from_weights(args.inception_weights, batch_size=args.batch_size)
 
   def all_batches():
     yield first
@@ -359,9 +402,10 @@ def _run_stats(args) -> None:
 
   ref = compute_reference(all_batches(), extractor, source, pr_features=max(args.pr_features, 0))
   fid_lib.save_reference(args.out, ref)
-  print(f"wrote {args.out}: mu/sigma over {ref.n} images of {source}"
-        + (f", {ref.features.shape[0]} pool3 features for precision/recall"
-           if ref.features is not None else ""))
+  print(
+    f"wrote {args.out}: mu/sigma over {ref.n} images of {source}"
+    + (f", {ref.features.shape[0]} pool3 features for precision/recall" if ref.features is not None else "")
+  )
   print(f"protocol: {PORT_NOTE}")
 
 
@@ -373,8 +417,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, run = _eval_parser().parse_args(argv), _run_eval
   try:
     run(args)
-  except (features_lib.EvaluationInputError, convert.CheckpointError,
-          samples_lib.SampleExportError, ValueError, OSError, ImportError) as e:
+  except (
+    features_lib.EvaluationInputError,
+    convert.CheckpointError,
+    samples_lib.SampleExportError,
+    ValueError,
+    OSError,
+    ImportError,
+  ) as e:
     msg = " ".join(str(e).split())  # one line
     print(f"error: {msg}", file=sys.stderr)
     return 1

@@ -5,29 +5,29 @@ This is the one module that reads the experiment config; everything after it
 every check that can fail on user input *before* anything is compiled or
 written, and raises ``ConfigError`` with one line naming the option.
 """
+
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from dxmi_jax import dxmi, parallel
+from dxmi_jax import data as data_lib
+from dxmi_jax import dxmi, evaluators, sampling
 from dxmi_jax.data import toy2d
-from dxmi_jax.models import registry
+from dxmi_jax.models import conv, registry
+from dxmi_jax.models.layers import REMAT_POLICIES
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.state import DxMIState, TrainState, create_state
 
-IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "folder", "synthetic")
 
-
-class ConfigError(ValueError):
-  """A bad option: the message names it and says what was expected."""
+from dxmi_jax.errors import ConfigError  # noqa: E402  (re-exported: experiment.ConfigError)
 
 
 def _mlp_default_config():
@@ -41,10 +41,11 @@ def _mlp_default_config():
 
 
 registry.register("mlp", TimeMLP, _mlp_default_config)
+from dxmi_jax.anomaly import networks as _anomaly_networks  # noqa: E402,F401  registers energy_mlp, conv_map
 
 
 def is_vector_data(config) -> bool:
-  return config.data.name in toy2d.NAMES
+  return data_lib.kind(config) == "vector"
 
 
 # ------------------------------------------------------------------ validation
@@ -54,15 +55,18 @@ def validate(config, mode: str = "train"):
   if not isinstance(T, int) or T < 1:
     raise ConfigError(f"config.policy.num_steps (T) must be an integer >= 1, got {T!r}")
   name = config.data.name
-  if name not in toy2d.NAMES + IMAGE_DATASETS:
-    raise ConfigError(f"config.data.name: unknown dataset {name!r}; expected one of "
-                      f"{toy2d.NAMES + IMAGE_DATASETS}")
+  known = toy2d.NAMES + data_lib.ANOMALY_FILES + data_lib.IMAGE_DATASETS
+  if name not in known:
+    raise ConfigError(f"config.data.name: unknown dataset {name!r}; expected one of {known}")
   B = config.training.batch_size
   if B < 1:
     raise ConfigError(f"config.training.batch_size must be >= 1, got {B}")
   n_dev = jax.device_count()
-  for key, b in (("config.training.batch_size", B), ("config.pretrain.batch_size", config.pretrain.batch_size),
-                 ("config.sample.batch_size", config.sample.batch_size)):
+  for key, b in (
+    ("config.training.batch_size", B),
+    ("config.pretrain.batch_size", config.pretrain.batch_size),
+    ("config.sample.batch_size", config.sample.batch_size),
+  ):
     if b % n_dev:
       raise ConfigError(f"{key}={b} is not divisible by the number of devices ({n_dev})")
   if config.training.num_iters < 0:
@@ -70,13 +74,22 @@ def validate(config, mode: str = "train"):
   if config.training.checkpoint_every < 1:
     raise ConfigError(f"config.training.checkpoint_every must be >= 1, got {config.training.checkpoint_every}")
   from dxmi_jax.policies import POLICY_KINDS  # pylint: disable=import-outside-toplevel
+
   if config.policy.kind not in POLICY_KINDS:
     raise ConfigError(f"config.policy.kind: expected one of {POLICY_KINDS}, got {config.policy.kind!r}")
   mb = config.dxmi.policy_minibatches
   if not 1 <= mb <= T:
     raise ConfigError(f"config.dxmi.policy_minibatches must be in [1, T={T}], got {mb}")
+  if config.dxmi.avr_init not in dxmi.AVR_INITS:
+    raise ConfigError(f"config.dxmi.avr_init: expected one of {dxmi.AVR_INITS}, got {config.dxmi.avr_init!r}")
+  for key in ("rollout_unroll", "td_unroll"):
+    if config.perf[key] < 0:
+      raise ConfigError(f"config.perf.{key} must be >= 0 (0: fully unrolled), got {config.perf[key]}")
+  if config.perf.conv not in conv.MODES:
+    raise ConfigError(f"config.perf.conv: expected one of {conv.MODES}, got {config.perf.conv!r}")
   if not 0 <= config.dxmi.skip_sampler_tau <= T:
     raise ConfigError(f"config.dxmi.skip_sampler_tau must be in [0, T={T}], got {config.dxmi.skip_sampler_tau}")
+  validate_numbers(config)
   for key in ("optim.policy", "optim.value", "optim.energy"):
     opt = config.optim[key.split(".")[1]]
     if opt not in _OPTIMIZERS:
@@ -86,30 +99,95 @@ def validate(config, mode: str = "train"):
       toy2d.load_npy(config.data.path)
     except ValueError as e:
       raise ConfigError(str(e)) from None
+  if name == "npz" and mode != "score":  # score reads D and the transform from the checkpoint
+    from dxmi_jax.anomaly import data as anomaly_data  # pylint: disable=import-outside-toplevel
+
+    try:
+      anomaly_data.vector_data(config)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
   for key in ("policy_checkpoint", "value_checkpoint"):
     path = config.init[key]
     if path and not os.path.exists(path):
       raise ConfigError(f"config.init.{key}: {path} does not exist")
   if config.eval.reference_stats and not os.path.isfile(config.eval.reference_stats):
-    raise ConfigError(f"config.eval.reference_stats: {config.eval.reference_stats} does not exist (write one "
-                      f"with `python -m dxmi_jax.evaluate stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)")
+    raise ConfigError(
+      f"config.eval.reference_stats: {config.eval.reference_stats} does not exist (write one "
+      f"with `python -m dxmi_jax.evaluate stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)"
+    )
   if mode == "sample" and config.sample.num < 1:
     raise ConfigError(f"config.sample.num must be >= 1, got {config.sample.num}")
   for key in ("policy.net", "value"):
     sub = config.policy.net if key == "policy.net" else config.value
     if sub.arch not in registry.archs():
       raise ConfigError(f"config.{key}.arch: unknown network {sub.arch!r}; expected one of {registry.archs()}")
-  if not is_vector_data(config):
-    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
-    image_experiment.validate(config, mode)
+  for key, sub in (("policy.net", config.policy.net), ("value", config.value), ("energy", config.energy)):
+    if sub.get("remat", "none") not in REMAT_POLICIES:
+      raise ConfigError(f"config.{key}.remat: expected one of {sorted(REMAT_POLICIES)}, got {sub.remat!r}")
+  evaluators.validate(config)  # the data's own options are checked where they are read (data.build)
+
+
+#: (section.key, lower bound, lower bound included, upper bound or None, upper included) of the
+#: numeric options; each must also be finite.  Clips and AVR use "<= 0" / "< 0" for "off",
+#: so their off values stay accepted.
+_NUMERIC_RANGES = (
+  ("optim.policy_lr", 0.0, True, None, False),
+  ("optim.policy_sigma_lr", 0.0, True, None, False),
+  ("optim.value_lr", 0.0, True, None, False),
+  ("optim.energy_lr", 0.0, True, None, False),
+  ("optim.b1", 0.0, True, 1.0, False),
+  ("optim.b2", 0.0, True, 1.0, False),
+  ("optim.eps", 0.0, False, None, False),
+  ("optim.policy_grad_clip", None, False, None, False),
+  ("optim.value_grad_clip", None, False, None, False),
+  ("optim.energy_grad_clip", None, False, None, False),
+  ("dxmi.tau1", 0.0, True, None, False),
+  ("dxmi.tau2", 0.0, True, None, False),
+  ("dxmi.gamma", 0.0, True, None, False),
+  ("dxmi.time_cost_sig", None, False, None, False),
+  ("dxmi.time_cost", None, False, None, False),
+  ("pretrain.lr", 0.0, True, None, False),
+  ("pretrain.ema", 0.0, True, 1.0, False),
+  ("sample.guidance_scale", None, False, None, False),
+)
+
+
+def validate_numbers(config):
+  """Every numeric option is finite and in range; the AVR factor is off (< 0) or in [0, 1)."""
+
+  def check(key, value, lo, lo_incl, hi, hi_incl, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      raise ConfigError(f"config.{key} must be a finite number, got {value!r}")
+    if lo is not None and (value < lo or (value == lo and not lo_incl)):
+      raise ConfigError(f"config.{key} must be {what}, got {value!r}")
+    if hi is not None and (value > hi or (value == hi and not hi_incl)):
+      raise ConfigError(f"config.{key} must be {what}, got {value!r}")
+
+  for key, lo, lo_incl, hi, hi_incl in _NUMERIC_RANGES:
+    section, name = key.split(".")
+    if section not in config or name not in config[section]:
+      continue
+    lo_s = "" if lo is None else f"{'>=' if lo_incl else '>'} {lo:g}"
+    hi_s = "" if hi is None else f"{'<=' if hi_incl else '<'} {hi:g}"
+    check(key, config[section][name], lo, lo_incl, hi, hi_incl, " and ".join(filter(None, (lo_s, hi_s))))
+  if config.sample.guidance_sign not in sampling.GUIDANCE_SIGNS:
+    raise ConfigError(
+      f"config.sample.guidance_sign: expected one of {sorted(sampling.GUIDANCE_SIGNS)}, "
+      f"got {config.sample.guidance_sign!r}"
+    )
+  avr = config.dxmi.adavelreg
+  if not isinstance(avr, (int, float)) or not math.isfinite(avr):
+    raise ConfigError(f"config.dxmi.adavelreg must be a finite number (< 0 turns AVR off), got {avr!r}")
+  if avr >= 1.0:
+    raise ConfigError(f"config.dxmi.adavelreg must be < 1 (an EMA factor; < 0 turns AVR off), got {avr!r}")
 
 
 # ---------------------------------------------------------------- optimisers
 _OPTIMIZERS = {
-    # eps_root = 0 reproduces torch.optim.Adam (reference §8 item 23)
-    "adam": lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0),
-    "radam": lambda lr, c: optax.radam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0, threshold=5.0),
-    "sgd": lambda lr, c: optax.sgd(lr),
+  # eps_root = 0 reproduces torch.optim.Adam (reference §8 item 23)
+  "adam": lambda lr, c: optax.adam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0),
+  "radam": lambda lr, c: optax.radam(lr, b1=c.b1, b2=c.b2, eps=c.eps, eps_root=0.0, threshold=5.0),
+  "sgd": lambda lr, c: optax.sgd(lr),
 }
 
 
@@ -117,8 +195,9 @@ def policy_optimizer(config) -> optax.GradientTransformation:
   """Two parameter groups: network weights at policy_lr, log-sigmas at policy_sigma_lr."""
   o = config.optim
   return optax.multi_transform(
-      {"net": _OPTIMIZERS[o.policy](o.policy_lr, o), "log_sigma": _OPTIMIZERS[o.policy](o.policy_sigma_lr, o)},
-      lambda params: {"net": jax.tree.map(lambda _: "net", params["net"]), "log_sigma": "log_sigma"})
+    {"net": _OPTIMIZERS[o.policy](o.policy_lr, o), "log_sigma": _OPTIMIZERS[o.policy](o.policy_sigma_lr, o)},
+    lambda params: {"net": jax.tree.map(lambda _: "net", params["net"]), "log_sigma": "log_sigma"},
+  )
 
 
 def value_optimizer(config):
@@ -140,14 +219,28 @@ def _clip(x):
 def dxmi_config(config) -> dxmi.DxMIConfig:
   d = config.dxmi
   return dxmi.DxMIConfig(
-      num_steps=config.policy.num_steps, tau1=d.tau1, tau2=d.tau2, gamma=d.gamma,
-      adavelreg=_none_if_neg(d.adavelreg), time_cost_sig=d.time_cost_sig,
-      time_cost_center=_none_if_neg(d.time_cost_center), time_cost=d.time_cost,
-      velocity_in_value=_none_if_neg(d.velocity_in_value), entropy_in_value=_none_if_neg(d.entropy_in_value),
-      skip_sampler_tau=d.skip_sampler_tau, value_grad_clip=_clip(config.optim.value_grad_clip),
-      energy_grad_clip=_clip(config.optim.energy_grad_clip), policy_grad_clip=_clip(config.optim.policy_grad_clip),
-      policy_minibatches=d.policy_minibatches, value_resample=d.value_resample,
-      policy_train_mode=d.policy_train_mode, separate_energy=d.separate_energy)
+    num_steps=config.policy.num_steps,
+    tau1=d.tau1,
+    tau2=d.tau2,
+    gamma=d.gamma,
+    adavelreg=_none_if_neg(d.adavelreg),
+    time_cost_sig=d.time_cost_sig,
+    time_cost_center=_none_if_neg(d.time_cost_center),
+    time_cost=d.time_cost,
+    velocity_in_value=_none_if_neg(d.velocity_in_value),
+    entropy_in_value=_none_if_neg(d.entropy_in_value),
+    skip_sampler_tau=d.skip_sampler_tau,
+    value_grad_clip=_clip(config.optim.value_grad_clip),
+    energy_grad_clip=_clip(config.optim.energy_grad_clip),
+    policy_grad_clip=_clip(config.optim.policy_grad_clip),
+    policy_minibatches=d.policy_minibatches,
+    value_resample=d.value_resample,
+    policy_train_mode=d.policy_train_mode,
+    separate_energy=d.separate_energy,
+    avr_init=d.avr_init,
+    rollout_unroll=config.perf.rollout_unroll,
+    td_unroll=config.perf.td_unroll,
+  )
 
 
 # ---------------------------------------------------------------- networks
@@ -165,6 +258,7 @@ def build_net(sub, **overrides):
 
 def build_policy(config, net=None):
   from dxmi_jax.policies import build_policy as _build  # pylint: disable=import-outside-toplevel
+
   return _build(config, net if net is not None else build_net(config.policy.net))
 
 
@@ -179,9 +273,10 @@ def build_value(config):
 @dataclasses.dataclass
 class Experiment:
   """Everything built from a config.  ``data.local_batch(step)`` -> {"x", optional "y"} numpy."""
+
   config: Any
   data: Any
-  data_shape: tuple           # global batch shape (B, ...)
+  data_shape: tuple  # global batch shape (B, ...)
   policy: Any
   value_module: Any
   energy_module: Optional[Any]
@@ -210,10 +305,12 @@ class Experiment:
       e_params = self.energy_module.init(k_en, x, jnp.zeros((1,), jnp.int32), y=y)["params"]
       energy_state = TrainState.create(apply_fn=None, params=e_params, tx=energy_optimizer(self.config))
     return create_state(
-        k_run,
-        TrainState.create(apply_fn=None, params=pol_params, tx=policy_optimizer(self.config)),
-        TrainState.create(apply_fn=None, params=val_params, tx=value_optimizer(self.config)),
-        self.policy.init_velocity_scale(), energy_state)
+      k_run,
+      TrainState.create(apply_fn=None, params=pol_params, tx=policy_optimizer(self.config)),
+      TrainState.create(apply_fn=None, params=val_params, tx=value_optimizer(self.config)),
+      dxmi.initial_velocity_scale(self.policy, self.cfg),
+      energy_state,
+    )
 
   def abstract_state(self):
     return jax.eval_shape(self.init_state, jax.random.PRNGKey(0))
@@ -223,44 +320,23 @@ class Experiment:
     if self.energy_module is not None:
       return lambda x, y=None: self.nets.energy_apply(state.energy.params, x, y)
     T = self.cfg.num_steps
-    return lambda x, y=None: self.nets.value_apply(state.value.params, x,
-                                                   jnp.full((x.shape[0],), T, jnp.int32), y)
+    return lambda x, y=None: self.nets.value_apply(state.value.params, x, jnp.full((x.shape[0],), T, jnp.int32), y)
 
 
 def _init_key(raw_key):
   return jax.random.wrap_key_data(jax.random.bits(raw_key, (4,), jnp.uint32), impl="rbg")
 
 
-class VectorDataProvider:
-  """Per-process slices of deterministic global batches of vector data."""
-
-  def __init__(self, config):
-    self.data = toy2d.VectorData(config.data.name, config.training.seed, config.data.path)
-    self.global_batch = config.training.batch_size
-
-  def local_batch(self, step: int, size: Optional[int] = None):
-    size = size or self.global_batch
-    start, stop = parallel.process_slice(size)
-    return {"x": self.data.batch(step, size)[start:stop]}
-
-  def iterate(self, start: int, num: int):
-    """local_batch(start), local_batch(start + 1), ... (num of them)."""
-    return (self.local_batch(i) for i in range(start, start + num))
-
-
 def build(config) -> Experiment:
   validate(config)
-  if not is_vector_data(config):
-    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
-    return image_experiment.build(config)
-  data = VectorDataProvider(config)
-  dim = data.data.dim
-  net_over = {"out_dim": dim} if config.policy.net.arch == "mlp" else {}
-  return assemble(config, data, (config.training.batch_size, dim), net_over)
+  data = data_lib.build(config)
+  net_over = {"out_dim": data.shape[1]} if data_lib.kind(config) == "vector" and config.policy.net.arch == "mlp" else {}
+  return assemble(config, data, data.shape, net_over, class_cond=data.class_cond, num_classes=data.num_classes)
 
 
 def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=False, num_classes=0):
   """The networks and policy of a config around already-built data."""
+  conv.set_mode(config.perf.conv)  # read when the networks are traced
   try:
     policy = build_policy(config, build_net(config.policy.net, **(policy_net_overrides or {})))
   except ValueError as e:
@@ -268,8 +344,19 @@ def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=Fal
   value_module = build_value(config)
   energy_module = build_net(config.energy) if config.dxmi.separate_energy else None
   nets = dxmi.Networks(
-      policy=policy, value_apply=dxmi.module_apply(value_module),
-      energy_apply=None if energy_module is None else dxmi.module_apply(energy_module, with_time=False))
-  return Experiment(config=config, data=data, data_shape=tuple(data_shape), policy=policy,
-                    value_module=value_module, energy_module=energy_module, nets=nets,
-                    cfg=dxmi_config(config), class_cond=class_cond, num_classes=num_classes)
+    policy=policy,
+    value_apply=dxmi.module_apply(value_module),
+    energy_apply=None if energy_module is None else dxmi.module_apply(energy_module, with_time=False),
+  )
+  return Experiment(
+    config=config,
+    data=data,
+    data_shape=tuple(data_shape),
+    policy=policy,
+    value_module=value_module,
+    energy_module=energy_module,
+    nets=nets,
+    cfg=dxmi_config(config),
+    class_cond=class_cond,
+    num_classes=num_classes,
+  )

@@ -10,6 +10,7 @@ Checkpoints that carry ``log_betas`` (DxMI's own) also set the policy's log-sigm
 after checking that their length is the config's T.
 ``config.init.value_checkpoint`` likewise for the value network.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,11 @@ def _match(what, new, ref):
   new_flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(new)[0]}
   missing = sorted(set(ref_flat) - set(new_flat))
   unexpected = sorted(set(new_flat) - set(ref_flat))
-  shapes = [f"{k}: checkpoint {np.shape(new_flat[k])} vs config {ref_flat[k].shape}"
-            for k in sorted(set(ref_flat) & set(new_flat))
-            if tuple(np.shape(new_flat[k])) != tuple(ref_flat[k].shape)]
+  shapes = [
+    f"{k}: checkpoint {np.shape(new_flat[k])} vs config {ref_flat[k].shape}"
+    for k in sorted(set(ref_flat) & set(new_flat))
+    if tuple(np.shape(new_flat[k])) != tuple(ref_flat[k].shape)
+  ]
   problem = ckpt_lib.mismatch_summary(missing, unexpected, shapes)
   if problem:
     raise ConfigError(f"{what} does not fit the configured architecture: {problem}")
@@ -43,8 +46,11 @@ def _read_network(path, section, section_cfg, what):
   pre = os.path.join(path, "pretrain")
   if os.path.isdir(pre) and os.path.exists(os.path.join(pre, "meta.json")):
     path = pre
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, "meta.json")) and \
-      os.path.isdir(os.path.join(path, "params")):
+  if (
+    os.path.isdir(path)
+    and os.path.exists(os.path.join(path, "meta.json"))
+    and os.path.isdir(os.path.join(path, "params"))
+  ):
     params, _ = ckpt_lib.load_params(path)
     return params.get("net", params), params.get("log_sigma")
   if ckpt_lib.has_checkpoint(path):  # a dxmi-jax run: its latest state, whatever topology wrote it
@@ -52,6 +58,7 @@ def _read_network(path, section, section_cfg, what):
     p = raw["policy"]["params"] if section == "policy" else raw["value"]["params"]
     return (p["net"], p["log_sigma"]) if section == "policy" else (p, None)
   from dxmi_jax import convert  # pylint: disable=import-outside-toplevel
+
   arch, fields = net_config(section_cfg)
   try:
     _, params, extras = convert.load_pretrained(path, arch, **fields)
@@ -60,22 +67,27 @@ def _read_network(path, section, section_cfg, what):
   return params, (extras or {}).get("log_betas")
 
 
-def load_pretrained_into(exp, state):
+def load_pretrained_into(exp, state, policy_path=None):
+  """``state`` with the weights of config.init.* (``policy_path`` replaces the policy's)."""
   cfg = exp.config
-  if cfg.init.policy_checkpoint:
-    what = "config.init.policy_checkpoint"
-    net, log_sigma = _read_network(cfg.init.policy_checkpoint, "policy", cfg.policy.net, what)
+  policy_path = policy_path or cfg.init.policy_checkpoint
+  if policy_path:
+    what = (
+      "config.init.pretrain_first" if policy_path != cfg.init.policy_checkpoint else "config.init.policy_checkpoint"
+    )
+    net, log_sigma = _read_network(policy_path, "policy", cfg.policy.net, what)
     params = dict(state.policy.params)
     params["net"] = _match(what, net, state.policy.params["net"])
     if log_sigma is not None:
       log_sigma = np.asarray(log_sigma, np.float32).reshape(-1)
       T = exp.cfg.num_steps
       if log_sigma.shape != (T,):
-        raise ConfigError(f"{what}: the checkpoint's log_betas has {log_sigma.shape[0]} steps but "
-                          f"config.policy.num_steps is {T}")
+        raise ConfigError(
+          f"{what}: the checkpoint's log_betas has {log_sigma.shape[0]} steps but config.policy.num_steps is {T}"
+        )
       params["log_sigma"] = jnp.asarray(log_sigma)
     state = state.replace(policy=state.policy.replace(params=params))
-    logging.info("policy initialised from %s", cfg.init.policy_checkpoint)
+    logging.info("policy initialised from %s", policy_path)
   if cfg.init.value_checkpoint:
     what = "config.init.value_checkpoint"
     net, _ = _read_network(cfg.init.value_checkpoint, "value", cfg.value, what)

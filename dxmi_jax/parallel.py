@@ -1,11 +1,13 @@
 """Devices, mesh and shardings: one 1-D data mesh over every device of every host.
 
 The train step is written for the *global* batch and compiled once with
-``jax.jit``; parameters are replicated and batch-major arrays are sharded along
-the "data" axis, so XLA inserts the gradient all-reduces.  The same program runs on
+``jax.jit``; batch-major arrays are sharded along the "data" axis, so XLA inserts the
+gradient all-reduces.  Parameters and optimiser states are replicated, or, with
+``config.training.fsdp``, split over the same axis (``state_shardings``).  The same program runs on
 1 CPU, 8 GPUs or a multi-host TPU pod; results depend on the device count only
 through floating-point reduction order.
 """
+
 from __future__ import annotations
 
 import os
@@ -72,12 +74,18 @@ def maybe_initialize_distributed():
     jax.distributed.initialize()  # cluster auto-detection (Cloud TPU, SLURM, Open MPI, ...)
   else:
     return
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
-               jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info(
+    "jax.distributed: process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices=None) -> Mesh:
+  """The one data mesh: a 1-D ``"data"`` axis over ``devices`` (default: every device of every host)."""
+  return Mesh(np.asarray(list(devices) if devices is not None else jax.devices()), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -91,11 +99,9 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
 def check_batch_divisible(global_batch: int, what: str = "config.training.batch_size"):
   n = jax.device_count()
   if global_batch % n:
-    raise ValueError(f"{what}={global_batch} is not divisible by the number of devices ({n}); "
-                     f"use a multiple of {n}")
+    raise ValueError(f"{what}={global_batch} is not divisible by the number of devices ({n}); use a multiple of {n}")
   if global_batch % jax.process_count():
-    raise ValueError(f"{what}={global_batch} is not divisible by the number of processes "
-                     f"({jax.process_count()})")
+    raise ValueError(f"{what}={global_batch} is not divisible by the number of processes ({jax.process_count()})")
 
 
 def process_slice(global_batch: int):
@@ -108,8 +114,7 @@ def process_slice(global_batch: int):
 def global_batch_from_local(local_tree, mesh: Mesh):
   """Assembles the per-process slices into one global, data-sharded array tree."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
-                      local_tree)
+  return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), local_tree)
 
 
 def replicate(tree, mesh: Mesh):
@@ -128,6 +133,7 @@ def check_same_on_all_processes(value: int, what: str):
   if jax.process_count() == 1:
     return
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
   values = np.asarray(multihost_utils.process_allgather(np.asarray(value, np.int32))).reshape(-1)
   if np.any(values != values[0]):
     raise ValueError(f"{what} differs between processes: {values.tolist()} (process 0, 1, ...)")
@@ -136,3 +142,43 @@ def check_same_on_all_processes(value: int, what: str):
 def to_host(tree):
   """Fully-replicated (or addressable) arrays -> numpy on every process."""
   return jax.tree.map(lambda a: np.asarray(jax.device_get(a)), tree)
+
+
+# ------------------------------------------------------------------------- FSDP
+#: leaves with fewer elements than this stay replicated under FSDP (biases, norms, scalars)
+FSDP_MIN_SIZE = 2**16
+
+
+def fsdp_spec(shape, num_devices: int, min_size: int = FSDP_MIN_SIZE) -> P:
+  """Shards the largest axis of a big leaf that the device count divides; else replicated.
+
+  Ties go to the last such axis (the output channels of a conv / dense kernel).
+  """
+  size = int(np.prod(shape)) if len(shape) else 1
+  if num_devices == 1 or size < min_size:
+    return P()
+  candidates = [i for i, d in enumerate(shape) if d % num_devices == 0]
+  if not candidates:
+    return P()
+  axis = max(candidates, key=lambda i: (shape[i], i))
+  return P(*([None] * axis + [DATA_AXIS]))
+
+
+def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: int = FSDP_MIN_SIZE):
+  """NamedShardings of a state tree: all replicated, or FSDP-sharded over the data axis.
+
+  With ``fsdp`` every big parameter and optimiser-state leaf is split along one axis
+  over the data devices (``fsdp_spec``): each device holds 1/N of it, and the train
+  step gathers the parameters for compute (``gather_params``) while gradients
+  arrive reduce-scattered into the same layout.  The values are those of the
+  replicated run; only where they live changes.
+  """
+  n = mesh.shape[DATA_AXIS]
+  if not fsdp:
+    return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+  return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(a.shape, n, min_size)), abstract_state)
+
+
+def gather_params(tree, mesh: Mesh):
+  """Constrains ``tree`` to be replicated: XLA all-gathers FSDP-sharded parameters here."""
+  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)), tree)

@@ -7,6 +7,7 @@ the VAR sampler's continuous timesteps.  Adam with linear warm-up and an EMA of
 the weights; the EMA weights are saved to ``<workdir>/pretrain`` and are what
 ``config.init.policy_checkpoint=<workdir>`` loads.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import parallel, writers
@@ -33,8 +32,7 @@ def ddpm_loss(net, params, x0, key, y=None):
   eps = jax.random.normal(k_e, x0.shape, jnp.float32)
   xk = jnp.sqrt(abar) * x0 + jnp.sqrt(1.0 - abar) * eps
   kwargs = {} if y is None else {"y": y}
-  pred = net.apply({"params": params}, xk, k.astype(jnp.float32), deterministic=False,
-                   rngs={"dropout": k_d}, **kwargs)
+  pred = net.apply({"params": params}, xk, k.astype(jnp.float32), deterministic=False, rngs={"dropout": k_d}, **kwargs)
   return jnp.mean(jnp.square(pred.reshape(eps.shape) - eps))
 
 
@@ -45,6 +43,7 @@ def make_pretrain_step(net, tx, ema_decay):
     params = optax.apply_updates(params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
     return params, ema, opt_state, loss
+
   return step
 
 
@@ -61,8 +60,12 @@ def pretrain(exp, workdir: str):
   opt_state = tx.init(params)
   ema = jax.tree.map(jnp.copy, params)
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  step_fn = jax.jit(make_pretrain_step(net, tx, pc.ema), in_shardings=(repl, repl, repl, data, repl),
-                    out_shardings=(repl, repl, repl, repl), donate_argnums=(0, 1, 2))
+  step_fn = jax.jit(
+    make_pretrain_step(net, tx, pc.ema),
+    in_shardings=(repl, repl, repl, data, repl),
+    out_shardings=(repl, repl, repl, repl),
+    donate_argnums=(0, 1, 2),
+  )
   writer = writers.MetricWriter(os.path.join(workdir, "pretrain_logs"), tensorboard=False)
   t0 = time.time()
   progress = writers.Progress(pc.num_iters, 0)
@@ -77,8 +80,10 @@ def pretrain(exp, workdir: str):
   writer.close()
   out = os.path.join(workdir, "pretrain")
   if jax.process_index() == 0:
-    ckpt_lib.save_params(out, {"net": jax.device_get(ema)},
-                         {"kind": "ddpm_pretrain", "num_iters": pc.num_iters, "arch": cfg.policy.net.arch,
-                          "seconds": time.time() - t0})
+    ckpt_lib.save_params(
+      out,
+      {"net": jax.device_get(ema)},
+      {"kind": "ddpm_pretrain", "num_iters": pc.num_iters, "arch": cfg.policy.net.arch, "seconds": time.time() - t0},
+    )
     print(f"pretrained DDPM ({pc.num_iters} iterations, {time.time() - t0:.0f} s) saved to {out}", flush=True)
   return out

@@ -13,13 +13,15 @@ grey level on average (reference §8.19):
 Arithmetic is float32, in the official order of operations.  Samples are
 clamped only here, never inside the sampling chain.
 """
+
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any, Optional, Union
 
 import numpy as np
+
+from dxmi_jax.io import atomic_write
 
 
 class SampleExportError(ValueError):
@@ -39,8 +41,7 @@ def to_uint8(images: Any, rounding: str = "round") -> np.ndarray:
     return np.clip(np.floor(x01 * np.float32(255) + np.float32(0.5)), 0, 255).astype(np.uint8)
   if rounding == "truncate":
     return np.clip((x + np.float32(1)) * np.float32(127.5), 0, 255).astype(np.uint8)
-  raise SampleExportError(f"rounding must be 'round' (CIFAR PNGs) or 'truncate' "
-                          f"(ImageNet/LSUN npz), got {rounding!r}")
+  raise SampleExportError(f"rounding must be 'round' (CIFAR PNGs) or 'truncate' (ImageNet/LSUN npz), got {rounding!r}")
 
 
 def _check_uint8_nhwc(images: Any, name: str) -> np.ndarray:
@@ -54,26 +55,7 @@ def _check_uint8_nhwc(images: Any, name: str) -> np.ndarray:
   return arr
 
 
-def atomic_write(path: Union[str, os.PathLike], write_fn, suffix: str) -> None:
-  """Calls ``write_fn(file)`` on a temp file beside ``path``, then renames it over ``path``."""
-  path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def save_samples_npz(path: Union[str, os.PathLike], images_uint8: Any,
-                     labels: Optional[Any] = None) -> None:
+def save_samples_npz(path: Union[str, os.PathLike], images_uint8: Any, labels: Optional[Any] = None) -> None:
   """Writes ``arr_0`` (uint8 NHWC) and, if given, ``arr_1`` (int64 labels) atomically.
 
   This is the layout OpenAI's evaluator and ``python -m dxmi_jax.evaluate``
@@ -84,8 +66,7 @@ def save_samples_npz(path: Union[str, os.PathLike], images_uint8: Any,
   if labels is not None:
     lab = np.asarray(labels)
     if lab.shape != (images.shape[0],) or not np.issubdtype(lab.dtype, np.integer):
-      raise SampleExportError(f"labels must be {images.shape[0]} integers, got {lab.dtype} "
-                              f"{lab.shape}")
+      raise SampleExportError(f"labels must be {images.shape[0]} integers, got {lab.dtype} {lab.shape}")
     arrays["arr_1"] = lab.astype(np.int64)
   atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
 
@@ -107,14 +88,14 @@ def make_grid(images_uint8: Any, nrow: int = 8, padding: int = 2, pad_value: int
   grid = np.full((nrows * hh + padding, ncol * ww + padding, c), pad_value, np.uint8)
   for i in range(n):
     r, q = divmod(i, ncol)
-    grid[r * hh + padding:r * hh + padding + h, q * ww + padding:q * ww + padding + w] = images[i]
+    grid[r * hh + padding : r * hh + padding + h, q * ww + padding : q * ww + padding + w] = images[i]
   return grid
 
 
-def save_image_grid(path: Union[str, os.PathLike], images_uint8: Any, nrow: int = 8,
-                    padding: int = 2) -> None:
+def save_image_grid(path: Union[str, os.PathLike], images_uint8: Any, nrow: int = 8, padding: int = 2) -> None:
   """PNG grid of uint8 NHWC images (``nrow`` images per row), written atomically."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
   grid = make_grid(images_uint8, nrow=nrow, padding=padding)
   img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   atomic_write(path, lambda f: img.save(f, format="PNG"), ".png")

@@ -3,6 +3,7 @@
 Everything needed to continue a run exactly is in here (and the data position,
 which is the step itself: batches are a pure function of (seed, step)).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,6 +29,7 @@ class DxMIState:
   max_skip_run:         the longest such run so far (checked by the loop between syncs).
   nonfinite_mask:       bits of dxmi.NONFINITE_QUANTITIES that were non-finite at the last skip.
   """
+
   step: jax.Array
   rng: jax.Array
   policy: TrainState
@@ -40,19 +42,21 @@ class DxMIState:
   nonfinite_mask: jax.Array
 
 
-def create_state(rng, policy_state: TrainState, value_state: TrainState, velocity_scale,
-                 energy_state: Optional[TrainState] = None) -> DxMIState:
+def create_state(
+  rng, policy_state: TrainState, value_state: TrainState, velocity_scale, energy_state: Optional[TrainState] = None
+) -> DxMIState:
   # TrainState.create leaves step a Python int; a strongly typed int32 keeps the
   # compiled train step from being traced again once the step becomes an array.
   fix = lambda ts: None if ts is None else ts.replace(step=jnp.asarray(ts.step, jnp.int32))
   return DxMIState(
-      step=jnp.zeros((), jnp.int32),
-      rng=rng,
-      policy=fix(policy_state),
-      value=fix(value_state),
-      energy=fix(energy_state),
-      velocity_scale=jnp.asarray(velocity_scale, jnp.float32),
-      skipped=jnp.zeros((), jnp.int32),
-      consecutive_skips=jnp.zeros((), jnp.int32),
-      max_skip_run=jnp.zeros((), jnp.int32),
-      nonfinite_mask=jnp.zeros((), jnp.int32))
+    step=jnp.zeros((), jnp.int32),
+    rng=rng,
+    policy=fix(policy_state),
+    value=fix(value_state),
+    energy=fix(energy_state),
+    velocity_scale=jnp.asarray(velocity_scale, jnp.float32),
+    skipped=jnp.zeros((), jnp.int32),
+    consecutive_skips=jnp.zeros((), jnp.int32),
+    max_skip_run=jnp.zeros((), jnp.int32),
+    nonfinite_mask=jnp.zeros((), jnp.int32),
+  )

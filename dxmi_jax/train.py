@@ -6,6 +6,8 @@
   pretrain  DDPM epsilon-prediction pretraining of the policy network (<workdir>/pretrain)
   sample    restore the latest checkpoint and write <workdir>/samples.npz
   eval      restore the latest checkpoint and write an evaluation record
+  score     energies of config.score.input's rows under the latest checkpoint, into
+            config.score.output (vector data; dxmi_jax/anomaly/score.py)
 
 Every check on user input (config, pretrained weights, a resumed checkpoint's
 architecture) runs before the workdir is touched: bad input raises
@@ -30,6 +32,7 @@ Multi-host: every process runs this same loop on its slice of each global batch
 (``parallel``); all of them save and restore (Orbax coordinates them); only
 process 0 writes metrics, TensorBoard, figures and logs at INFO.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,10 +45,10 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import dxmi, experiment, parallel, sampling, writers
+from dxmi_jax import dxmi, evaluators, experiment, io, parallel, sampling, writers
 from dxmi_jax.data.loader import prefetch_to_device
 
-MODES = ("train", "pretrain", "sample", "eval")
+MODES = ("train", "pretrain", "sample", "eval", "score")
 #: evaluation metrics of vector-data runs that can select the best checkpoint
 VECTOR_EVAL_METRICS = ("sw", "auc")
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
@@ -66,6 +69,10 @@ def run(config, workdir: str, mode: str = "train"):
     raise experiment.ConfigError(str(e)) from None
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log: process 0's
+  if mode == "score":  # energies of new samples under a trained workdir (anomaly detection)
+    from dxmi_jax.anomaly import score  # pylint: disable=import-outside-toplevel
+
+    return score.run(config, workdir)
   exp = experiment.build(config)  # validates before anything is written
   validate_run(config, exp)
   workdir = os.path.abspath(workdir)
@@ -73,15 +80,17 @@ def run(config, workdir: str, mode: str = "train"):
     raise experiment.ConfigError(f"--workdir: {workdir} exists and is not a directory")
   latest = ckpt_lib.latest_step(workdir)
   try:
-    parallel.check_same_on_all_processes(-1 if latest is None else latest,
-                                         f"the latest checkpoint step under {workdir}")
+    parallel.check_same_on_all_processes(
+      -1 if latest is None else latest, f"the latest checkpoint step under {workdir}"
+    )
   except ValueError as e:
     raise experiment.ConfigError(f"--workdir: {e}; it must be a directory every host shares") from None
   pretrained = None
   if mode in ("sample", "eval"):
     if latest is None:
-      raise experiment.ConfigError(f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} "
-                                   f"to {mode} from (train first)")
+      raise experiment.ConfigError(
+        f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} to {mode} from (train first)"
+      )
     _check_checkpoint_fits(exp, workdir)
   elif mode == "train":
     if latest is not None:
@@ -89,84 +98,130 @@ def run(config, workdir: str, mode: str = "train"):
       if config.init.policy_checkpoint or config.init.value_checkpoint:
         logging.warning("%s has checkpoints: resuming from them; config.init.* is ignored", workdir)
     else:
-      pretrained = load_pretrained(exp)  # checks that the weights fit the architecture
+      policy_path = _pretrain_if_missing(exp, workdir) if config.init.pretrain_first else None
+      pretrained = load_pretrained(exp, policy_path)  # checks that the weights fit the architecture
   os.makedirs(workdir, exist_ok=True)
   if mode == "train":
     return train_and_evaluate(exp, workdir, pretrained)
   if mode == "pretrain":
     from dxmi_jax import pretrain  # pylint: disable=import-outside-toplevel
+
     return pretrain.pretrain(exp, workdir)
   if mode == "sample":
     return sample(exp, workdir)
   return evaluate_checkpoint(exp, workdir)
 
 
+def _pretrain_if_missing(exp, workdir):
+  """config.init.pretrain_first: DDPM-pretrain into <workdir>/pretrain unless it is there, then
+  start DxMI from it (the paper's job: fine-tune a pretrained diffusion model)."""
+  from dxmi_jax import pretrain  # pylint: disable=import-outside-toplevel
+
+  done = os.path.join(workdir, "pretrain", "meta.json")  # written last, atomically
+  if os.path.exists(done):
+    logging.info("reusing the pretrained DDPM in %s", os.path.dirname(done))
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    print(
+      f"pretraining a DDPM ({exp.config.pretrain.num_iters} iterations) into "
+      f"{os.path.dirname(done)}; DxMI then fine-tunes it",
+      flush=True,
+    )
+    pretrain.pretrain(exp, workdir)
+  return workdir
+
+
 def validate_run(config, exp):
   """Checks of the loop's own options (experiment.validate checks the rest); ConfigError each."""
   tc = config.training
-  for key, lo in (("log_every", 1), ("keep_checkpoints", 1), ("max_consecutive_skips", 1), ("eval_every", 0)):
+  for key, lo in (
+    ("log_every", 1),
+    ("keep_checkpoints", 1),
+    ("max_consecutive_skips", 1),
+    ("eval_every", 0),
+    ("fsdp_min_size", 1),
+  ):
     if tc[key] < lo:
       raise experiment.ConfigError(f"config.training.{key} must be >= {lo}, got {tc[key]}")
   try:
     parallel.check_batch_divisible(tc.batch_size)
   except ValueError as e:
     raise experiment.ConfigError(str(e)) from None
+  if config.init.pretrain_first and config.init.policy_checkpoint:
+    raise experiment.ConfigError(
+      f"config.init.pretrain_first: set together with config.init.policy_checkpoint="
+      f"{config.init.policy_checkpoint!r}; pretrain_first pretrains into the workdir, so use one of them"
+    )
   if tc.best_metric:
     try:
       name, _ = ckpt_lib.parse_best_metric(tc.best_metric)
     except ValueError as e:
       raise experiment.ConfigError(str(e)) from None
     if exp.is_vector and name not in VECTOR_EVAL_METRICS:
-      raise experiment.ConfigError(f"config.training.best_metric: {name!r} is not an evaluation metric of "
-                                   f"vector data; expected one of {VECTOR_EVAL_METRICS}")
+      raise experiment.ConfigError(
+        f"config.training.best_metric: {name!r} is not an evaluation metric of "
+        f"vector data; expected one of {VECTOR_EVAL_METRICS}"
+      )
 
 
 def _check_checkpoint_fits(exp, workdir):
   problem = ckpt_lib.check_compatible(workdir, exp.abstract_state())
   if problem:
     raise experiment.ConfigError(
-        f"--workdir: the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the configured "
-        f"architecture ({problem}); use the config it was trained with or a new workdir")
+      f"--workdir: the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the configured "
+      f"architecture ({problem}); use the config it was trained with or a new workdir"
+    )
 
 
 # ------------------------------------------------------------------------ state
-def load_pretrained(exp):
+def load_pretrained(exp, policy_path=None):
   """config.init.* weights placed into an abstract state (None if not configured).
 
+  ``policy_path`` replaces config.init.policy_checkpoint (config.init.pretrain_first).
   Runs before anything is written: a missing or mis-shaped checkpoint raises ConfigError.
   """
-  if not (exp.config.init.policy_checkpoint or exp.config.init.value_checkpoint):
+  if not (policy_path or exp.config.init.policy_checkpoint or exp.config.init.value_checkpoint):
     return None
   from dxmi_jax import init as init_lib  # pylint: disable=import-outside-toplevel
-  return init_lib.load_pretrained_into(exp, exp.abstract_state())
+
+  return init_lib.load_pretrained_into(exp, exp.abstract_state(), policy_path)
 
 
 _LOAD = object()
 
 
 def initial_state(exp, mesh, pretrained=_LOAD):
-  """A fresh state (with pretrained weights from config.init.*), replicated on the mesh.
+  """A fresh state (with pretrained weights from config.init.*), on the mesh (``state_shardings``).
 
   ``pretrained``: what ``load_pretrained`` returned (default: load it now).
   """
   if pretrained is _LOAD:
     pretrained = load_pretrained(exp)
-  state = jax.jit(exp.init_state, out_shardings=parallel.replicated(mesh))(
-      jax.random.PRNGKey(exp.config.training.seed))
+  abstract = exp.abstract_state()
+  leaf_shardings = jax.tree.leaves(state_shardings(exp, mesh, abstract))
+  # flattened: every exp.init_state call builds new optimiser objects (pytree metadata)
+  leaves = jax.jit(lambda k: jax.tree.leaves(exp.init_state(k)), out_shardings=leaf_shardings)(
+    jax.random.PRNGKey(exp.config.training.seed)
+  )
+  state = jax.tree.unflatten(jax.tree.structure(abstract), leaves)
   if pretrained is not None:  # loaded leaves replace the fresh ones; the rest stays as initialised
     leaves, treedef = jax.tree_util.tree_flatten(state)
     loaded = jax.tree_util.tree_leaves(pretrained)
     assert len(loaded) == len(leaves)
-    leaves = [fresh if isinstance(pre, jax.ShapeDtypeStruct) else parallel.replicate(pre, mesh)
-              for fresh, pre in zip(leaves, loaded)]
+    leaves = [
+      fresh if isinstance(pre, jax.ShapeDtypeStruct) else parallel.replicate(pre, mesh)
+      for fresh, pre in zip(leaves, loaded)
+    ]
     state = jax.tree_util.tree_unflatten(treedef, leaves)
   # committed to the mesh: an uncommitted state would make the train step trace twice
-  return jax.device_put(state, parallel.replicated(mesh))
+  return jax.device_put(state, jax.tree.unflatten(jax.tree.structure(state), leaf_shardings))
 
 
 def _abstract_on(exp, mesh):
-  repl = parallel.replicated(mesh)
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
+  abstract = exp.abstract_state()
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings(exp, mesh, abstract)
+  )
 
 
 def restore_or_init(exp, workdir, mesh, ckpt, pretrained=_LOAD):
@@ -177,17 +232,46 @@ def restore_or_init(exp, workdir, mesh, ckpt, pretrained=_LOAD):
   return initial_state(exp, mesh, pretrained), 0, None
 
 
+def state_shardings(exp, mesh, abstract=None):
+  """The sharding of every state leaf (a tree like ``abstract``, default exp.abstract_state()):
+  replicated, or FSDP rules with config.training.fsdp."""
+  abstract = exp.abstract_state() if abstract is None else abstract
+  return parallel.state_shardings(
+    abstract, mesh, fsdp=exp.config.training.fsdp, min_size=exp.config.training.fsdp_min_size
+  )
+
+
 def compile_train_step(exp, mesh):
-  step = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh)
+  """The jitted train step.  The state keeps the shardings it comes with (``state_shardings``,
+  as placed by ``initial_state`` / restored); the step returns it in the same layout."""
+  step = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh, param_shardings=state_shardings(exp, mesh))
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(None, data), out_shardings=(None, repl), donate_argnums=(0,))
+
+
+def lower_train_step(exp, mesh):
+  """The train step lowered on abstract inputs of the real shapes (compile-only analysis)."""
+  abstract = exp.abstract_state()
+  state = jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings(exp, mesh, abstract)
+  )
+  data = parallel.batch_sharding(mesh)
+  batch = {"x": jax.ShapeDtypeStruct(exp.data_shape, np.float32, sharding=data)}
+  if exp.class_cond:
+    batch["y"] = jax.ShapeDtypeStruct(exp.data_shape[:1], np.int32, sharding=data)
+  return compile_train_step(exp, mesh).lower(state, batch)
 
 
 def data_position(config, step: int) -> Dict:
   """What a checkpoint records about the data stream: batch i is a pure function of
   (data, seed, global batch size, i), so the position is the step."""
-  return {"step": int(step), "seed": int(config.training.seed), "batch_size": int(config.training.batch_size),
-          "data": config.data.name, "path": config.data.path}
+  return {
+    "step": int(step),
+    "seed": int(config.training.seed),
+    "batch_size": int(config.training.batch_size),
+    "data": config.data.name,
+    "path": config.data.path,
+  }
 
 
 # ------------------------------------------------------------------------- train
@@ -195,16 +279,21 @@ def train_and_evaluate(exp, workdir: str, pretrained=_LOAD) -> Dict[str, float]:
   config = exp.config
   tc = config.training
   mesh = parallel.make_mesh()
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=tc.keep_checkpoints, best_metric=tc.best_metric,
-                               async_save=tc.async_checkpoints)
+  ckpt = ckpt_lib.Checkpointer(
+    workdir, keep=tc.keep_checkpoints, best_metric=tc.best_metric, async_save=tc.async_checkpoints
+  )
   try:
     state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
     if meta is not None:
       logging.info("resuming from step %d", start)
       _warn_if_data_changed(config, meta)
       if start >= tc.num_iters:
-        logging.info("the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
-                     "(raise num_iters to continue; --mode=eval to re-evaluate)", start, tc.num_iters)
+        logging.info(
+          "the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
+          "(raise num_iters to continue; --mode=eval to re-evaluate)",
+          start,
+          tc.num_iters,
+        )
         return dict(meta.get("metrics", {}))
     ckpt.prune_after(start)
     return _train_loop(exp, workdir, mesh, ckpt, state, start)
@@ -219,9 +308,12 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
   try:
     writer.truncate_after(start)
     if jax.process_index() == 0:
-      _atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
+      io.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
     train_step = compile_train_step(exp, mesh)
+    evals = evaluators.build(exp)
     t0 = time.time()
+    if start == 0 and tc.eval_at_start:  # the starting sampler (e.g. the pretrained DDPM)
+      evaluate(exp, evals, state, workdir, 0, writer, final=False)
     progress = writers.Progress(tc.num_iters, start)
     check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
     last_metrics, skipped = {}, int(jax.device_get(state.skipped))
@@ -245,24 +337,32 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
         break
       eval_metrics = {}
       if tc.eval_every and done % tc.eval_every == 0:
-        eval_metrics = evaluate(exp, state, workdir, done, writer, final=False)
+        eval_metrics = evaluate(exp, evals, state, workdir, done, writer, final=False)
       if done % tc.checkpoint_every == 0 or eval_metrics:
         _save(ckpt, exp, done, state, eval_metrics)
-    final = evaluate(exp, state, workdir, tc.num_iters, writer, final=True)
+    final = evaluate(exp, evals, state, workdir, tc.num_iters, writer, final=True)
     _save(ckpt, exp, tc.num_iters, state, final, final=True)
     ckpt.wait()
   finally:
     writer.close()
   if jax.process_index() == 0:
-    _announce(workdir, final, time.time() - t0)
+    _announce(workdir, final, time.time() - t0, _start_record(workdir), exp)
   return dict(last_metrics, **final)
 
 
 def _save(ckpt, exp, step, state, metrics, final=False):
   try:
-    ckpt.save(step, state, metrics=metrics,
-              meta={"data_position": data_position(exp.config, step), "final": final,
-                    "config": exp.config.to_json_best_effort()})
+    ckpt.save(
+      step,
+      state,
+      metrics=metrics,
+      meta={
+        "data_position": data_position(exp.config, step),
+        "final": final,
+        "config": exp.config.to_json_best_effort(),
+        **exp.data.checkpoint_meta(),
+      },
+    )
   except ckpt_lib.NonFiniteStateError as e:
     raise TrainingError(f"{e}; the last good checkpoint is step {ckpt.latest_step()}") from None
 
@@ -273,9 +373,10 @@ def _check_skips(state, limit: int, step: int):
     mask = int(jax.device_get(state.nonfinite_mask))
     names = [n for i, n in enumerate(dxmi.NONFINITE_QUANTITIES) if mask >> i & 1]
     raise TrainingError(
-        f"stopping at step {step}: {run} consecutive iterations had non-finite values in "
-        f"{', '.join(names) or 'a loss or gradient'} (config.training.max_consecutive_skips={limit}); "
-        f"lower the learning rates or check the data")
+      f"stopping at step {step}: {run} consecutive iterations had non-finite values in "
+      f"{', '.join(names) or 'a loss or gradient'} (config.training.max_consecutive_skips={limit}); "
+      f"lower the learning rates or check the data"
+    )
 
 
 def _report_skips(flat, previous: int) -> int:
@@ -283,8 +384,12 @@ def _report_skips(flat, previous: int) -> int:
   total = int(flat.get("nonfinite/skipped_total", previous))
   if total > previous:
     bad = [q for q in dxmi.NONFINITE_QUANTITIES if flat.get(f"nonfinite/{q}")]
-    logging.warning("%d iteration(s) skipped for non-finite values since the last report, %d in total%s",
-                    total - previous, total, f" (this step: {', '.join(bad)})" if bad else "")
+    logging.warning(
+      "%d iteration(s) skipped for non-finite values since the last report, %d in total%s",
+      total - previous,
+      total,
+      f" (this step: {', '.join(bad)})" if bad else "",
+    )
   return total
 
 
@@ -293,49 +398,82 @@ def _warn_if_data_changed(config, meta):
   now = data_position(config, meta["step"])
   changed = [k for k in ("seed", "batch_size", "data", "path") if k in saved and saved[k] != now[k]]
   if changed:
-    logging.warning("resuming with a different %s than the checkpoint was trained with: the data stream "
-                    "differs from an uninterrupted run's", ", ".join(changed))
+    logging.warning(
+      "resuming with a different %s than the checkpoint was trained with: the data stream "
+      "differs from an uninterrupted run's",
+      ", ".join(changed),
+    )
 
 
-def _atomic_write(path, text):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+def _start_record(workdir) -> Dict[str, float]:
+  """The evaluation record of step 0 in metrics.jsonl (also after a resume), or {}."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  recs = (
+    [r for r in writers.read_jsonl(path) if r.get("kind") == "eval" and r["step"] == 0] if os.path.exists(path) else []
+  )
+  return recs[-1] if recs else {}
 
 
-def _announce(workdir, final, seconds):
-  lines = [f"done in {seconds:.0f} s.",
-           f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
-           f"  tensorboard: {os.path.join(workdir, 'tensorboard')}",
-           f"  checkpoints: {os.path.join(workdir, 'checkpoints')}"]
+def _fmt_pm(rec, key):
+  if rec.get(key) is None:
+    return "-"
+  std = rec.get(key + "_std")
+  return f"{rec[key]:.4f}" + ("" if std is None else f" ± {std:.4f}")
+
+
+def before_after_lines(exp, start, final):
+  """Vector runs: the starting and the trained sampler side by side, with the floor and the ideal."""
+  if "sw" not in final:
+    return []
+  T = exp.cfg.num_steps
+  pretrained = bool(exp.config.init.policy_checkpoint or exp.config.init.pretrain_first)
+  first = f"DDPM T={T} (pretrained, step 0)" if pretrained else f"initial policy T={T} (step 0)"
+  rows = [(f"DxMI T={T} (step {exp.config.training.num_iters})", _fmt_pm(final, "sw"), _fmt_pm(final, "auc"))]
+  if start:  # the pretrained DDPM has no energy: its AUC would score an untrained value network
+    rows.insert(0, (first, _fmt_pm(start, "sw"), "-" if pretrained else _fmt_pm(start, "auc")))
+  n = exp.config.eval.sw_draws
+  rows.append(
+    (f"data vs data (floor, {n} draws) / true density", _fmt_pm(final, "sw_floor"), _fmt_pm(final, "auc_ideal"))
+  )
+  width = max(len(r[0]) for r in rows)
+  lines = [f"  {'sampler':<{width}}  {'SW (mean ± std over draws)':<26}  AUC of -E vs uniform noise"]
+  lines += [f"  {a:<{width}}  {b:<26}  {c}" for a, b, c in rows]
+  return lines
+
+
+def _announce(workdir, final, seconds, start=None, exp=None):
+  lines = [
+    f"done in {seconds:.0f} s.",
+    f"  metrics:     {os.path.join(workdir, 'metrics.jsonl')}",
+    f"  tensorboard: {os.path.join(workdir, 'tensorboard')}",
+    f"  checkpoints: {os.path.join(workdir, 'checkpoints')}",
+  ]
   for name in ("figure.png", "samples_grid.png"):
     if os.path.exists(os.path.join(workdir, name)):
       lines.append(f"  figure:      {os.path.join(workdir, name)}")
   if final:
-    lines.append("  final: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items()
-                                        if isinstance(v, float)))
+    lines.append("  final: " + ", ".join(f"{k}={v:.4g}" for k, v in final.items() if isinstance(v, float)))
+  if exp is not None and final:
+    lines += before_after_lines(exp, start or {}, final)
   print("\n".join(lines), flush=True)
 
 
 # ---------------------------------------------------------------------- evaluate
-def evaluate(exp, state, workdir, step, writer, final: bool) -> Dict[str, float]:
-  """Vector data: SW and AUC (+ figure); images: proxy FID when configured."""
+def evaluate(exp, evals, state, workdir, step, writer, final: bool) -> Dict[str, float]:
+  """Runs the run's evaluators (``evaluators.build``, built once) and writes one evaluation record."""
   if exp.is_vector:
-    from dxmi_jax import eval2d  # pylint: disable=import-outside-toplevel
     # the (small) state as host arrays: every process evaluates locally, identically,
     # with no cross-host arrays in the evaluation's own jits
-    metrics = eval2d.evaluate_vector(exp, parallel.to_host(state), workdir if final else None)
-  else:
-    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
-    metrics = image_experiment.evaluate(exp, state, workdir, step, writer, final)
+    state = parallel.to_host(state)
+  metrics = {}
+  for evaluator in evals:
+    metrics.update(evaluator(state, step, final=final, workdir=workdir, writer=writer))
   if metrics:
     writer.write(step, metrics, kind="eval")
     logging.info("eval @%d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     best = exp.config.training.best_metric
     if best and ckpt_lib.parse_best_metric(best)[0] not in metrics:
-      logging.warning("config.training.best_metric=%r is not among the evaluation metrics %s", best,
-                      sorted(metrics))
+      logging.warning("config.training.best_metric=%r is not among the evaluation metrics %s", best, sorted(metrics))
   return metrics
 
 
@@ -354,7 +492,7 @@ def evaluate_checkpoint(exp, workdir):
   # its own file: the training run's metrics.jsonl already holds the final evaluation of this step
   writer = writers.MetricWriter(os.path.join(workdir, "eval"), tensorboard=False)
   step = int(jax.device_get(state.step))
-  out = evaluate(exp, state, workdir, step, writer, final=True)
+  out = evaluate(exp, evaluators.build(exp), state, workdir, step, writer, final=True)
   writer.close()
   if jax.process_index() == 0:
     print(json.dumps({"step": step, **out}), flush=True)
@@ -366,19 +504,39 @@ def sample(exp, workdir):
   """Writes <workdir>/samples.npz from the latest checkpoint (arr_0; arr_1 labels if conditional)."""
   state, mesh = _restore_latest(exp, workdir)
   if not exp.is_vector:
-    from dxmi_jax import image_experiment  # pylint: disable=import-outside-toplevel
-    return image_experiment.sample(exp, state, workdir, mesh)
+    return _sample_images(exp, state, workdir, mesh)
   sc = exp.config.sample
-  gen = sampling.make_generator(exp.policy, exp.data_shape[1:], sc.batch_size, mesh)
-  x = sampling.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size)
+  gen = sampling.make_generator(
+    exp.policy,
+    exp.data_shape[1:],
+    sc.batch_size,
+    mesh,
+    value_apply=exp.nets.value_apply,
+    guidance_scale=sc.guidance_scale,
+    guidance_sign=sc.guidance_sign,
+  )
+  x = sampling.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size, value_params=state.value.params)
   path = os.path.join(workdir, "samples.npz")
   if jax.process_index() == 0:
-    _atomic_savez(path, arr_0=x.astype(np.float32))
+    io.atomic_savez(path, arr_0=x.astype(np.float32))
     print(f"wrote {x.shape[0]} samples to {path}", flush=True)
   return path
 
 
-def _atomic_savez(path, **arrays):
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+def _sample_images(exp, state, workdir, mesh):
+  """Images: <workdir>/samples.npz (uint8 arr_0, arr_1 labels) and samples_grid.png."""
+  from dxmi_jax import samples as samples_lib  # pylint: disable=import-outside-toplevel
+
+  sc = exp.config.sample
+  imgs, labels = sampling.generate_images(exp, state, sc.num, sc.seed, mesh)
+  path = os.path.join(workdir, "samples.npz")
+  if jax.process_index() == 0:
+    samples_lib.save_samples_npz(path, imgs, labels)
+    samples_lib.save_image_grid(
+      os.path.join(workdir, "samples_grid.png"),
+      np.repeat(imgs[:64], 3, -1) if imgs.shape[-1] == 1 else imgs[:64],
+      nrow=8,
+    )
+    print(f"wrote {imgs.shape[0]} samples {imgs.shape[1:]} to {path} (and samples_grid.png)", flush=True)
+  logging.info("sampled %d images", imgs.shape[0])
+  return path

@@ -14,6 +14,7 @@ drops them.  After a resume the file holds exactly the records an uninterrupted
 run would have written (``truncate_after`` removes what a killed run wrote past
 its last checkpoint).
 """
+
 from __future__ import annotations
 
 import glob
@@ -27,6 +28,8 @@ from typing import Dict, List, Optional, Tuple
 import jax
 import numpy as np
 from absl import logging
+
+from dxmi_jax import io
 
 PERF_PREFIX = "perf/"
 
@@ -81,6 +84,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30, purge_step=purge_step)
 
   def truncate_after(self, step: int):
@@ -88,17 +92,13 @@ class MetricWriter:
     if not self.active or not os.path.exists(self.path):
       return
     records = [r for r in read_jsonl(self.path) if r.get("step", 0) <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, self.path)
+    io.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
   def write(self, step: int, metrics: Dict[str, float], kind: str = "train"):
     if not self.active:
       return
     rec = {"step": int(step), "kind": kind}
-    rec.update({k: (None if not math.isfinite(v) else v) if isinstance(v, float) else v
-                for k, v in metrics.items()})
+    rec.update({k: (None if not math.isfinite(v) else v) if isinstance(v, float) else v for k, v in metrics.items()})
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
       f.flush()
@@ -133,7 +133,7 @@ def _records(path: str):
       header = f.read(12)
       if len(header) < 12:
         return
-      length, = struct.unpack("<Q", header[:8])
+      (length,) = struct.unpack("<Q", header[:8])
       if struct.unpack("<I", header[8:])[0] != masked(header[:8]):
         raise ValueError(f"{path}: corrupt record length")
       data, footer = f.read(length), f.read(4)
@@ -151,9 +151,11 @@ def read_tensorboard_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
   ``purge_step``) hides the earlier events at steps >= s.
   """
   from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
   out: Dict[str, List[Tuple[int, float]]] = {}
-  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")),
-                     key=lambda p: (int(os.path.basename(p).split(".")[3]), p)):
+  for path in sorted(
+    glob.glob(os.path.join(logdir, "events.out.tfevents.*")), key=lambda p: (int(os.path.basename(p).split(".")[3]), p)
+  ):
     for data in _records(path):
       ev = event_pb2.Event.FromString(data)
       if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:

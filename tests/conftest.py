@@ -1,6 +1,9 @@
-"""Shared test setup: a persistent compilation cache and the golden-vector folder."""
+"""Shared test setup: a persistent compilation cache, the golden-vector folder, and the helpers of
+the training tests (tiny 2D config, CLI flags, subprocess environment, metrics records)."""
+
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -17,6 +20,8 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+from dxmi_jax import writers  # noqa: E402
+
 
 def golden_path(name: str) -> pathlib.Path:
   p = GOLDEN / name
@@ -28,3 +33,69 @@ def golden_path(name: str) -> pathlib.Path:
 @pytest.fixture
 def golden():
   return golden_path
+
+
+# ------------------------------------------------- helpers of the training tests
+TINY = {
+  "policy.net.hidden": (16, 16),
+  "value.hidden": (16, 16),
+  "training.batch_size": 64,
+  "policy.num_steps": 3,
+  "eval.num_samples": 1000,
+  "eval.sw_projections": 100,
+  "training.log_every": 25,
+  "training.checkpoint_every": 25,
+}
+
+
+def overrides(**over):
+  """TINY plus keyword overrides written with "__" for "." (training__num_iters=10)."""
+  out = dict(TINY)
+  out.update({k.replace("__", "."): v for k, v in over.items()})
+  return out
+
+
+def tiny_config(**over):
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # configs/ is a top-level folder of the checkout
+  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
+
+  c = gaussians2d.get_config("scratch")
+  for key, value in overrides(**over).items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c
+
+
+def cli_flags(**over):
+  """The same overrides as main.py flags."""
+
+  def fmt(v):
+    if isinstance(v, tuple):
+      return "(" + ",".join(str(x) for x in v) + ")"
+    return str(v)
+
+  return ["--config=configs/gaussians2d.py:scratch"] + [f"--config.{k}={fmt(v)}" for k, v in overrides(**over).items()]
+
+
+def subprocess_env(**extra):
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env
+
+
+def main_cmd(workdir, *flags):
+  return [sys.executable, str(REPO / "main.py"), f"--workdir={workdir}", *flags]
+
+
+def records(workdir):
+  return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))

@@ -2,6 +2,7 @@
 
 Forward parity of the converted networks is in test_networks.py.
 """
+
 import os
 
 import jax
@@ -14,25 +15,32 @@ from dxmi_jax.convert import CheckpointError
 from dxmi_jax.models import registry
 
 SMALL = {
-    "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
-    "adm_cond": ("adm_unet", dict(image_size=32, model_channels=32, num_res_blocks=1,
-                                  channel_mult=(1, 2, 2), attention_resolutions=(16, 8),
-                                  num_head_channels=16, num_classes=10)),
-    "igebm": ("igebm", dict(nh=16)),
-    "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
+  "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
+  "adm_cond": (
+    "adm_unet",
+    dict(
+      image_size=32,
+      model_channels=32,
+      num_res_blocks=1,
+      channel_mult=(1, 2, 2),
+      attention_resolutions=(16, 8),
+      num_head_channels=16,
+      num_classes=10,
+    ),
+  ),
+  "igebm": ("igebm", dict(nh=16)),
+  "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
 }
 
 
 @pytest.fixture
 def torch():
-  return pytest.importorskip("torch", reason="reading/writing .pt files needs torch "
-                             "(pip install -e '.[convert]')")
+  return pytest.importorskip("torch", reason="reading/writing .pt files needs torch (pip install -e '.[convert]')")
 
 
 def _random_params(arch, cfg, seed=0):
   rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32),
-                      registry.param_shapes(arch, cfg))
+  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), registry.param_shapes(arch, cfg))
 
 
 def _assert_trees_equal(a, b):
@@ -44,6 +52,7 @@ def _assert_trees_equal(a, b):
 # ---------------------------------------------------------------------------------------------
 # Torch-free mapping.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_state_dict_mapping_round_trip_without_torch(name):
@@ -69,6 +78,7 @@ def test_layout_transposes():
 # ---------------------------------------------------------------------------------------------
 # Golden .pt files.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.mark.torch
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -101,8 +111,7 @@ def test_adm_fp16_tensors_are_upcast(torch):
   _, params = convert.from_torch(golden_path("adm_cond.pt"), "adm_unet", **SMALL["adm_cond"][1])
   k = params["input_blocks_1_0"]["in_layers_2"]["kernel"]
   assert k.dtype == np.float32
-  np.testing.assert_array_equal(
-      k, raw["input_blocks.1.0.in_layers.2.weight"].float().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(k, raw["input_blocks.1.0.in_layers.2.weight"].float().numpy().transpose(2, 3, 1, 0))
 
 
 @pytest.mark.torch
@@ -111,8 +120,8 @@ def test_bare_state_dict_with_ddp_and_net_prefixes(torch, tmp_path):
   sd, _ = convert.load_torch_state_dict(golden_path("igebm.pt"))
   _, ref = convert.from_torch(golden_path("igebm.pt"), arch, **cfg)
   variants = {  # DDP-wrapped value net, and the bare IGEBMEncoderV2 (no "net.")
-      "ddp.pt": {"module." + k: torch.from_numpy(v) for k, v in sd.items()},
-      "encoder.pt": {"model": {k[len("net."):]: torch.from_numpy(v) for k, v in sd.items()}},
+    "ddp.pt": {"module." + k: torch.from_numpy(v) for k, v in sd.items()},
+    "encoder.pt": {"model": {k[len("net.") :]: torch.from_numpy(v) for k, v in sd.items()}},
   }
   for fname, obj in variants.items():
     torch.save(obj, tmp_path / fname)
@@ -154,8 +163,11 @@ def test_bad_files_name_the_file(torch, tmp_path):
 @pytest.mark.torch
 def test_to_torch_rejects_params_of_another_config(torch, tmp_path):
   params = _random_params("igebm", dict(nh=16))
-  with pytest.raises(CheckpointError, match=r"net\.blocks\.0\.conv1\.weight params "
-                                            r"\(16, 16, 3, 3\) vs model \(32, 32, 3, 3\)"):
+  with pytest.raises(
+    CheckpointError,
+    match=r"net\.blocks\.0\.conv1\.weight params "
+    r"\(16, 16, 3, 3\) vs model \(32, 32, 3, 3\)",
+  ):
     convert.to_torch(params, "igebm", tmp_path / "x.pt", nh=32)
   with pytest.raises(CheckpointError, match="log_betas"):
     convert.to_torch(params, "igebm", tmp_path / "x.pt", extras={"log_betas": np.zeros(4)}, nh=16)
@@ -166,17 +178,26 @@ def test_to_torch_rejects_params_of_another_config(torch, tmp_path):
 # Orbax export and the CLI.
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.torch
 def test_cli_writes_orbax_checkpoint_that_load_pretrained_reads(torch, tmp_path, capsys):
   src = golden_path("unet_small.pt")
   out = tmp_path / "ddpm"
-  argv = ["--arch=ddpm_unet", f"--in={src}", f"--out={out}", "--override", "ch=32",
-          "--override", "ch_mult=(1, 2, 2)", "--override", "num_res_blocks=1"]
+  argv = [
+    "--arch=ddpm_unet",
+    f"--in={src}",
+    f"--out={out}",
+    "--override",
+    "ch=32",
+    "--override",
+    "ch_mult=(1, 2, 2)",
+    "--override",
+    "num_res_blocks=1",
+  ]
   assert convert.main(argv) == 0
   assert "1113955 params" in capsys.readouterr().out
   model, params, extras = convert.load_pretrained(out)
-  model_pt, params_pt, extras_pt = convert.load_pretrained(src, "ddpm_unet", ch=32,
-                                                           ch_mult=(1, 2, 2), num_res_blocks=1)
+  model_pt, params_pt, extras_pt = convert.load_pretrained(src, "ddpm_unet", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)
   assert model == model_pt
   _assert_trees_equal(params, params_pt)
   _assert_trees_equal(extras, extras_pt)

@@ -1,4 +1,5 @@
 """Image sources (tfds, folders, digits) and the deterministic batch loader."""
+
 import os
 
 import jax
@@ -27,7 +28,7 @@ def _pillow_adm(path, size):
   img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), resample=Image.BICUBIC)
   a = np.array(img)
   y0, x0 = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
-  return a[y0:y0 + size, x0:x0 + size]
+  return a[y0 : y0 + size, x0 : x0 + size]
 
 
 def _pillow_lsun_export(path, size):
@@ -38,7 +39,7 @@ def _pillow_lsun_export(path, size):
   img = img.resize((int(round(s * w)), int(round(s * h))), resample=Image.BOX)
   a = np.array(img)
   y0, x0 = (a.shape[0] - size) // 2, (a.shape[1] - size) // 2
-  return a[y0:y0 + size, x0:x0 + size]
+  return a[y0 : y0 + size, x0 : x0 + size]
 
 
 def _random_image(rng, width, height, mode="RGB"):
@@ -51,12 +52,12 @@ def _random_image(rng, width, height, mode="RGB"):
 
 # (synset, file name, (width, height), mode) of a tiny ImageNet-style train folder.
 _IMAGENET_FILES = [
-    ("n02000002", "n02000002_7.JPEG", (150, 90), "RGB"),
-    ("n02000002", "n02000002_12.png", (40, 40), "RGBA"),
-    ("n01000001", "n01000001_3.jpg", (64, 200), "RGB"),
-    ("n01000001", "n01000001_10.PNG", (45, 22), "L"),
-    ("n10000000", "n10000000_1.png", (33, 57), "RGB"),
-    ("n10000000", "n10000000_2.png", (16, 33), "RGB"),  # odd vertical margin (17)
+  ("n02000002", "n02000002_7.JPEG", (150, 90), "RGB"),
+  ("n02000002", "n02000002_12.png", (40, 40), "RGBA"),
+  ("n01000001", "n01000001_3.jpg", (64, 200), "RGB"),
+  ("n01000001", "n01000001_10.PNG", (45, 22), "L"),
+  ("n10000000", "n10000000_1.png", (33, 57), "RGB"),
+  ("n10000000", "n10000000_2.png", (16, 33), "RGB"),  # odd vertical margin (17)
 ]
 
 
@@ -180,6 +181,7 @@ def test_folder_source_errors(tmp_path):
 # TFDS sources (mock data: no TensorFlow, no download).
 # ------------------------------------------------------------------------------------------------------------
 
+
 def _tfds():
   return pytest.importorskip("tensorflow_datasets", reason="tfds sources need tensorflow-datasets")
 
@@ -199,8 +201,13 @@ def test_tfds_cifar10_on_mock_data_and_loader(tmp_path):
     batch = loader.get_batch(1)
     idx, _ = loader.global_indices(1)
     flips = loader.flips(1)
-    expected = np.stack([raw[int(i)]["image"][:, ::-1] if f else raw[int(i)]["image"]
-                         for i, f in zip(idx, flips)]).astype(np.float32) / 127.5 - 1
+    expected = (
+      np.stack([raw[int(i)]["image"][:, ::-1] if f else raw[int(i)]["image"] for i, f in zip(idx, flips)]).astype(
+        np.float32
+      )
+      / 127.5
+      - 1
+    )
     np.testing.assert_array_equal(batch["image"], expected)
     np.testing.assert_array_equal(batch["label"], [int(raw[int(i)]["label"]) for i in idx])
     assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
@@ -230,7 +237,7 @@ def test_tfds_imagenet_resized_labels_remapped_to_sorted_synsets(tmp_path):
 
 
 def test_tfds_missing_data_errors(tmp_path):
-  tfds = _tfds()
+  _tfds()
   with pytest.raises(FileNotFoundError) as e:
     images_lib.tfds_source("cifar10", "train", data_dir=str(tmp_path))
   msg = str(e.value)
@@ -305,8 +312,9 @@ def test_loader_random_flip():
     np.testing.assert_array_equal(b[~decisions], a[~decisions])
     n_flipped += decisions.sum()
   # Flip decisions are a pure function of (seed, step), independent of the process layout.
-  np.testing.assert_array_equal(flip.flips(11), _loader(src, 8, random_flip=True, process_index=1,
-                                                        process_count=2).flips(11))
+  np.testing.assert_array_equal(
+    flip.flips(11), _loader(src, 8, random_flip=True, process_index=1, process_count=2).flips(11)
+  )
   assert 0.35 < n_flipped / (30 * 8) < 0.65
 
 
@@ -377,6 +385,7 @@ def test_loader_errors():
 
 def test_digits_split_values_and_sizes():
   from sklearn.datasets import load_digits
+
   d = load_digits()
   counts = np.bincount(d.target)
   train_idx = digits_lib.digits_split_indices("train")
@@ -404,8 +413,9 @@ def test_digits_split_values_and_sizes():
   np.testing.assert_array_equal(nearest[:, ::2, ::2], native)
   np.testing.assert_array_equal(nearest[:, 1::2, 1::2], native)
   # Through the loader: [-1, 1], background -> -1.
-  batch = ImageLoader(digits_lib.digits_source("train"), 32, 0, process_index=0, process_count=1,
-                      num_workers=1).get_batch(0)
+  batch = ImageLoader(
+    digits_lib.digits_source("train"), 32, 0, process_index=0, process_count=1, num_workers=1
+  ).get_batch(0)
   assert batch["image"].shape == (32, 8, 8, 1) and batch["image"].min() == -1 and batch["image"].max() <= 1
 
 

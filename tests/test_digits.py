@@ -1,4 +1,5 @@
 """The digits experiment: config variants, the classifier metric, and pretrain -> DxMI -> metric end to end."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,7 @@ from dxmi_jax.metrics import features as features_lib
 
 def _config(variant=""):
   from configs import digits  # pylint: disable=import-outside-toplevel
+
   return digits.get_config(variant)
 
 
@@ -38,8 +40,7 @@ def test_networks_fit_8x8():
   x = jnp.zeros((2, 8, 8, 1))
   out = jax.eval_shape(lambda p: exp.policy.net.apply({"params": p}, x, jnp.ones((2,))), state.policy.params["net"])
   assert out.shape == (2, 8, 8, 1)
-  v = jax.eval_shape(lambda p: exp.value_module.apply({"params": p}, x, jnp.zeros((2,), jnp.int32)),
-                     state.value.params)
+  v = jax.eval_shape(lambda p: exp.value_module.apply({"params": p}, x, jnp.zeros((2,), jnp.int32)), state.value.params)
   assert v.shape == (2, 1)
 
 

@@ -1,4 +1,5 @@
 """The DxMI train step on the 2D problem: shapes, jit equivalence, tracing, devices, end to end."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from dxmi_jax import dxmi, eval2d, experiment, parallel, train
+from dxmi_jax import dxmi, experiment, parallel, train
+from dxmi_jax.evaluators.vector import VectorEvaluator
 from dxmi_jax.metrics import vector
 
 T, B = 3, 64
@@ -19,7 +21,8 @@ T, B = 3, 64
 
 def tiny_config(**over):
   from configs import gaussians2d  # pylint: disable=import-outside-toplevel
-  c = gaussians2d.get_config()
+
+  c = gaussians2d.get_config("scratch")
   c.policy.num_steps = T
   c.training.batch_size = B
   c.policy.net.hidden = (32, 32)
@@ -55,7 +58,6 @@ def test_rollout_shapes_and_finite(exp):
 
 
 class TestIteration(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_jit_matches_eager(self):
     exp = experiment.build(tiny_config())
@@ -72,8 +74,9 @@ class TestIteration(chex.TestCase):
     chex.assert_trees_all_close(new_state.value.params, ref_state.value.params, rtol=1e-5, atol=1e-6)
     # the iteration moved every network
     assert not np.allclose(new_state.value.params["dense_0"]["kernel"], state.value.params["dense_0"]["kernel"])
-    assert not np.allclose(new_state.policy.params["net"]["dense_0"]["kernel"],
-                           state.policy.params["net"]["dense_0"]["kernel"])
+    assert not np.allclose(
+      new_state.policy.params["net"]["dense_0"]["kernel"], state.policy.params["net"]["dense_0"]["kernel"]
+    )
     chex.assert_shape(aux["td"]["target"], (T, B))
 
 
@@ -94,10 +97,19 @@ def test_train_step_traces_once(exp):
 
 def test_separate_energy_variant_runs():
   """The anomaly-detection trainer: separate energy, time-dependent value, full recursion in V."""
-  exp = experiment.build(tiny_config(**{
-      "dxmi.separate_energy": True, "dxmi.gamma": 0.0, "dxmi.velocity_in_value": 0,
-      "dxmi.entropy_in_value": 0, "dxmi.time_cost_sig": 0.0, "dxmi.value_resample": True,
-      "optim.energy_grad_clip": 0.1}))
+  exp = experiment.build(
+    tiny_config(
+      **{
+        "dxmi.separate_energy": True,
+        "dxmi.gamma": 0.0,
+        "dxmi.velocity_in_value": 0,
+        "dxmi.entropy_in_value": 0,
+        "dxmi.time_cost_sig": 0.0,
+        "dxmi.value_resample": True,
+        "optim.energy_grad_clip": 0.1,
+      }
+    )
+  )
   step = jax.jit(dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape))
   state = exp.init_state(jax.random.PRNGKey(0))
   assert state.energy is not None
@@ -127,11 +139,17 @@ print("RESULT" + json.dumps({{"devices": jax.device_count(), "metrics": out}}))
 
 def _run_devices(n):
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _DEVICE_SCRIPT.format(repo=str(REPO))], env=env, cwd=REPO,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    [sys.executable, "-c", _DEVICE_SCRIPT.format(repo=str(REPO))],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT"):])
+  return json.loads(line[len("RESULT") :])
 
 
 def test_one_vs_eight_devices_same_metrics():
@@ -144,11 +162,20 @@ def test_one_vs_eight_devices_same_metrics():
 
 
 def test_end_to_end_2d_improves_sw(tmp_path):
-  c = tiny_config(**{"training.num_iters": 400, "training.log_every": 100, "training.checkpoint_every": 400,
-                     "policy.net.hidden": (64, 64), "value.hidden": (64, 64),
-                     "optim.policy_lr": 2e-3, "optim.policy_sigma_lr": 1e-2, "optim.value_lr": 2e-3})
+  c = tiny_config(
+    **{
+      "training.num_iters": 400,
+      "training.log_every": 100,
+      "training.checkpoint_every": 400,
+      "policy.net.hidden": (64, 64),
+      "value.hidden": (64, 64),
+      "optim.policy_lr": 2e-3,
+      "optim.policy_sigma_lr": 1e-2,
+      "optim.value_lr": 2e-3,
+    }
+  )
   exp = experiment.build(c)
-  untrained = eval2d.evaluate_vector(exp, exp.init_state(jax.random.PRNGKey(c.training.seed)))
+  untrained = VectorEvaluator(exp)(exp.init_state(jax.random.PRNGKey(c.training.seed)), 0)
   final = train.run(c, str(tmp_path), "train")
   assert final["sw"] < 0.6 * untrained["sw"], (final, untrained)
   assert final["auc"] > 0.75, final
@@ -183,6 +210,7 @@ def test_auc_and_ideal_density():
   assert vector.auc([2, 3, 4], [0, 1]) == 1.0
   assert vector.auc([0, 1], [2, 3]) == 0.0
   from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+
   x = toy2d.sample2d("8gaussians", 4000, np.random.default_rng(0))
   # the true density integrates to 1 over the plane (grid check) and peaks on the data
   g = np.linspace(-6, 6, 401)
@@ -196,6 +224,7 @@ def test_auc_and_ideal_density():
 
 def test_8gaussians_matches_definition():
   from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+
   x = toy2d.sample2d("8gaussians", 40000, np.random.default_rng(0)) * 1.414
   r = np.linalg.norm(x, axis=1)
   ang = np.mod(np.round(np.arctan2(x[:, 1], x[:, 0]) / (np.pi / 4)), 8)
@@ -208,6 +237,7 @@ def test_8gaussians_matches_definition():
 
 def test_npy_data_errors(tmp_path):
   from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+
   good = tmp_path / "pts.npy"
   np.save(good, np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32))
   d = toy2d.VectorData("npy", 0, str(good))

@@ -5,6 +5,7 @@ functions production uses (``rollout``, ``avr_update``, ``energy_step``,
 ``td_value_scan``, ``policy_update`` and ``dxmi_iteration``), and every recorded
 quantity is compared at rtol 1e-5 / atol 1e-6.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,9 +23,13 @@ FILES = ["dxmi_iteration_2d.npz", "dxmi_iteration_2d_perm.npz"]
 
 def _flax_mlp_params(g, prefix, n_layers):
   """torch mlp.{0,2,4}.{weight,bias} -> TimeMLP dense_{0,1,2}.{kernel,bias}."""
-  return {f"dense_{i}": {"kernel": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.weight"].T),
-                         "bias": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.bias"])}
-          for i in range(n_layers)}
+  return {
+    f"dense_{i}": {
+      "kernel": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.weight"].T),
+      "bias": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.bias"]),
+    }
+    for i in range(n_layers)
+  }
 
 
 def _torch_names(flax_params, n_layers):
@@ -36,8 +41,7 @@ def _torch_names(flax_params, n_layers):
 
 
 def _assert_close(actual, expected, what):
-  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=RTOL, atol=ATOL,
-                             err_msg=what)
+  np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=RTOL, atol=ATOL, err_msg=what)
 
 
 class Problem:
@@ -48,27 +52,35 @@ class Problem:
     T = int(g["config/n_timesteps"])
     self.T, self.B = T, int(g["config/batchsize"])
     self.cfg = dxmi.DxMIConfig(
-        num_steps=T, tau1=float(g["config/tau1"]), tau2=float(g["config/tau2"]),
-        gamma=float(g["config/gamma"]), adavelreg=float(g["config/adavelreg"]),
-        time_cost_sig=float(g["config/time_cost_sig"]), time_cost=float(g["config/time_cost"]),
-        skip_sampler_tau=int(g["config/skip_sampler_tau"]),
-        value_grad_clip=0.1 if bool(g["config/value_grad_clip"]) else None,
-        energy_grad_clip=None, policy_grad_clip=0.1,
-        policy_minibatches=int(g["config/n_generator"]))
-    self.policy = ResidualPolicy(TimeMLP(out_dim=2, hidden=(16,), time_scale=1.0 / T), T,
-                                 g["config/user_defined_eta"])
+      num_steps=T,
+      tau1=float(g["config/tau1"]),
+      tau2=float(g["config/tau2"]),
+      gamma=float(g["config/gamma"]),
+      adavelreg=float(g["config/adavelreg"]),
+      time_cost_sig=float(g["config/time_cost_sig"]),
+      time_cost=float(g["config/time_cost"]),
+      skip_sampler_tau=int(g["config/skip_sampler_tau"]),
+      value_grad_clip=0.1 if bool(g["config/value_grad_clip"]) else None,
+      energy_grad_clip=None,
+      policy_grad_clip=0.1,
+      policy_minibatches=int(g["config/n_generator"]),
+    )
+    self.policy = ResidualPolicy(TimeMLP(out_dim=2, hidden=(16,), time_scale=1.0 / T), T, g["config/user_defined_eta"])
     self.value_module = TimeMLP(out_dim=1, hidden=(16, 16), time_scale=1.0 / T)
     self.value_apply = dxmi.module_apply(self.value_module)
     self.energy_of_value = lambda p, x, y: self.value_apply(p, x, jnp.full((x.shape[0],), T), y)
     self.nets = dxmi.Networks(policy=self.policy, value_apply=self.value_apply)
-    pol_params = {"net": _flax_mlp_params(g, "params_before/sampler", 2),
-                  "log_sigma": jnp.asarray(g["params_before/sampler/log_betas"])}
+    pol_params = {
+      "net": _flax_mlp_params(g, "params_before/sampler", 2),
+      "log_sigma": jnp.asarray(g["params_before/sampler/log_betas"]),
+    }
     val_params = _flax_mlp_params(g, "params_before/value", 3)
     self.state = create_state(
-        jax.random.key(0),
-        TrainState.create(apply_fn=None, params=pol_params, tx=optax.sgd(float(g["config/lr_sampler"]))),
-        TrainState.create(apply_fn=None, params=val_params, tx=optax.sgd(float(g["config/lr_value"]))),
-        self.policy.init_velocity_scale())
+      jax.random.key(0),
+      TrainState.create(apply_fn=None, params=pol_params, tx=optax.sgd(float(g["config/lr_sampler"]))),
+      TrainState.create(apply_fn=None, params=val_params, tx=optax.sgd(float(g["config/lr_value"]))),
+      self.policy.init_velocity_scale(),
+    )
     self.noise = self._recorded_noise()
 
   def _recorded_noise(self):
@@ -79,15 +91,20 @@ class Problem:
     td_order = np.stack([[r % B for r in perm_td if r // B == t] for t in range(T)]).astype(np.int32)
     M = self.cfg.policy_minibatches
     return dxmi.StepNoise(
-        x0=jnp.asarray(g["noise/rollout"][0]), rollout=jnp.asarray(g["noise/rollout"][1:]),
-        policy_index=jnp.asarray(perm_pol[: M * B].reshape(M, B), jnp.int32),
-        policy_noise=jnp.asarray(g["noise/update_sampler"]), td_order=jnp.asarray(td_order),
-        resample=None, dropout=jax.random.key(1))
+      x0=jnp.asarray(g["noise/rollout"][0]),
+      rollout=jnp.asarray(g["noise/rollout"][1:]),
+      policy_index=jnp.asarray(perm_pol[: M * B].reshape(M, B), jnp.int32),
+      policy_noise=jnp.asarray(g["noise/update_sampler"]),
+      td_order=jnp.asarray(td_order),
+      resample=None,
+      dropout=jax.random.key(1),
+    )
 
 
 @pytest.fixture(params=FILES, scope="module")
 def problem(request):
   from conftest import golden_path  # pylint: disable=import-outside-toplevel
+
   g = dict(np.load(golden_path(request.param)))
   return Problem(g)
 
@@ -110,8 +127,7 @@ def test_rollout_and_avr(problem):
 def test_energy_step(problem):
   p, g = problem, problem.g
   traj = dxmi.rollout(p.policy, p.state.policy.params, p.noise.x0, p.noise.rollout)
-  value_state, aux = dxmi.energy_step(p.state.value, p.energy_of_value, jnp.asarray(g["data"]),
-                                      traj.final, None, p.cfg)
+  value_state, aux = dxmi.energy_step(p.state.value, p.energy_of_value, jnp.asarray(g["data"]), traj.final, None, p.cfg)
   for k in ("pos_e_mean", "neg_e_mean", "reg", "d_loss"):
     _assert_close(aux[k.replace("_mean", "")], g[f"energy/{k}"], k)
   for name, grad in _torch_names(aux["grads"], 3).items():
@@ -124,10 +140,8 @@ def _through_td(p):
   g = p.g
   traj = dxmi.rollout(p.policy, p.state.policy.params, p.noise.x0, p.noise.rollout)
   s_new, _ = dxmi.avr_update(p.state.velocity_scale, traj, p.cfg.adavelreg)
-  value_state, _ = dxmi.energy_step(p.state.value, p.energy_of_value, jnp.asarray(g["data"]),
-                                    traj.final, None, p.cfg)
-  value_state, td = dxmi.td_value_scan(value_state, p.value_apply, traj, s_new, p.cfg,
-                                       td_order=p.noise.td_order)
+  value_state, _ = dxmi.energy_step(p.state.value, p.energy_of_value, jnp.asarray(g["data"]), traj.final, None, p.cfg)
+  value_state, td = dxmi.td_value_scan(value_state, p.value_apply, traj, s_new, p.cfg, td_order=p.noise.td_order)
   return traj, s_new, value_state, td
 
 
@@ -137,9 +151,14 @@ def test_td_value_scan(problem):
   for i in range(p.T):
     t = int(g[f"td/{i}/update_t"])  # TD step i updates timestep T-1-i; our aux is indexed by t
     assert t == p.T - 1 - i
-    for ours, theirs in [("v_next", "v_next"), ("target", "target"), ("v_xt", "v_xt"),
-                         ("v_loss", "v_loss"), ("running_cost", "running_cost"),
-                         ("grad_norm", "grad_norm_preclip")]:
+    for ours, theirs in [
+      ("v_next", "v_next"),
+      ("target", "target"),
+      ("v_xt", "v_xt"),
+      ("v_loss", "v_loss"),
+      ("running_cost", "running_cost"),
+      ("grad_norm", "grad_norm_preclip"),
+    ]:
       _assert_close(td[ours][t], g[f"td/{i}/{theirs}"], f"TD step t={t}: {ours}")
     for name, val in _torch_names(jax.tree.map(lambda a: a[t], td["grads"]), 3).items():
       _assert_close(val, g[f"td/{i}/grads_clipped/value/{name}"], f"TD t={t} clipped grad {name}")
@@ -152,16 +171,23 @@ def test_td_value_scan(problem):
 def test_policy_update(problem):
   p, g = problem, problem.g
   traj, s_new, value_state, _ = _through_td(p)
-  policy_state, aux = dxmi.policy_update(p.state.policy, p.policy, p.value_apply, value_state.params,
-                                         traj, s_new, p.noise, p.cfg)
+  policy_state, aux = dxmi.policy_update(
+    p.state.policy, p.policy, p.value_apply, value_state.params, traj, s_new, p.noise, p.cfg
+  )
   for m in range(p.cfg.policy_minibatches):
     pre = f"sampler_update/{m}"
     _assert_close(aux["t"][m], g[f"{pre}/t"], "minibatch timesteps")
     _assert_close(aux["state"][m], g[f"{pre}/state"], "minibatch states")
-    for ours, theirs in [("mean", "mean"), ("next_state", "next_state"), ("value_term", "value_term"),
-                         ("running_cost", "running_cost"), ("causal_entropy", "causal_entropy"),
-                         ("non_terminal", "non_terminal"), ("sampler_loss", "sampler_loss"),
-                         ("grad_norm", "grad_norm_preclip")]:
+    for ours, theirs in [
+      ("mean", "mean"),
+      ("next_state", "next_state"),
+      ("value_term", "value_term"),
+      ("running_cost", "running_cost"),
+      ("causal_entropy", "causal_entropy"),
+      ("non_terminal", "non_terminal"),
+      ("sampler_loss", "sampler_loss"),
+      ("grad_norm", "grad_norm_preclip"),
+    ]:
       _assert_close(aux[ours][m], g[f"{pre}/{theirs}"], f"minibatch {m}: {ours}")
     _assert_close(aux["sigma"][m], g[f"{pre}/sigma"][:, 0], f"minibatch {m}: sigma")
     grads = jax.tree.map(lambda a: a[m], aux["grads"])
@@ -172,8 +198,7 @@ def test_policy_update(problem):
     _assert_close(after["log_sigma"], g[f"{pre}/params_after/sampler/log_betas"], "log_sigma after")
     for name, val in _torch_names(after["net"], 2).items():
       _assert_close(val, g[f"{pre}/params_after/sampler/{name}"], f"minibatch {m} params {name}")
-  _assert_close(policy_state.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"],
-                "final log_sigma")
+  _assert_close(policy_state.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"], "final log_sigma")
 
 
 def test_full_iteration_matches(problem):
@@ -185,6 +210,5 @@ def test_full_iteration_matches(problem):
     _assert_close(val, g[f"params_after_update_sampler/value/{name}"], f"value {name}")
   for name, val in _torch_names(new_state.policy.params["net"], 2).items():
     _assert_close(val, g[f"params_after_update_sampler/sampler/{name}"], f"sampler {name}")
-  _assert_close(new_state.policy.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"],
-                "log_sigma")
+  _assert_close(new_state.policy.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"], "log_sigma")
   _assert_close(new_state.velocity_scale, g["betas_for_q/after_avr"][::-1], "s")

@@ -1,4 +1,5 @@
 """Streaming statistics, Fréchet distance, precision/recall, IS, sample export (no Inception)."""
+
 import os
 import subprocess
 import sys
@@ -24,6 +25,7 @@ def _spd(rng, d, scale=1.0):
 
 # ------------------------------------------------------------------ streaming statistics
 
+
 @pytest.mark.parametrize("offset", [0.0, 1e6])
 def test_running_statistics_match_numpy(offset):
   rng = np.random.default_rng(0)
@@ -46,7 +48,7 @@ def test_running_statistics_reject_bad_features():
   with pytest.raises(features_lib.EvaluationInputError, match="dimension"):
     stats.update(np.zeros((3, 4)))
   with pytest.raises(features_lib.EvaluationInputError):
-    features_lib.RunningStatistics().update(np.zeros((1, 2))).covariance  # pylint: disable=expression-not-assigned
+    _ = features_lib.RunningStatistics().update(np.zeros((1, 2))).covariance
 
 
 def test_rechunk_regroups_exactly():
@@ -78,14 +80,13 @@ def test_sharded_runner_pads_and_drops_on_two_devices():
       np.testing.assert_array_equal(f, x[:, 0, 0, 0])
       print("OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=120, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
 
 
 # ------------------------------------------------------------------ Fréchet distance
+
 
 def _frechet_eigh(mu1, s1, mu2, s2):
   """Closed form via the symmetric square root: tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)."""
@@ -107,8 +108,7 @@ def test_frechet_diagonal_gaussians_closed_form():
   mu1, mu2 = rng.standard_normal(10), rng.standard_normal(10)
   a, b = rng.uniform(0.1, 4, 10), rng.uniform(0.1, 4, 10)
   expect = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  np.testing.assert_allclose(fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expect,
-                             rtol=1e-10)
+  np.testing.assert_allclose(fid_lib.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expect, rtol=1e-10)
 
 
 def test_frechet_matches_symmetric_formula_on_random_features():
@@ -160,6 +160,7 @@ def test_frechet_rejects_bad_statistics():
 
 class _FakeExtractor:
   """Maps each image to a feature row (its flattened pixels as float)."""
+
   name = features_lib.FEATURE_EXTRACTOR
 
   def statistics(self, images, name="images"):
@@ -175,20 +176,25 @@ def test_fid_proxy_is_named_by_sample_count():
   out = fid_lib.fid_proxy(imgs, (mu2, s2), _FakeExtractor())
   f = imgs.reshape(20, -1).astype(np.float64)
   assert list(out) == ["fid_proxy_20"]
-  np.testing.assert_allclose(out["fid_proxy_20"],
-                             _frechet_eigh(f.mean(0), np.cov(f, rowvar=False), mu2, s2), rtol=1e-7)
+  np.testing.assert_allclose(out["fid_proxy_20"], _frechet_eigh(f.mean(0), np.cov(f, rowvar=False), mu2, s2), rtol=1e-7)
   stats = fid_lib.ReferenceStatistics(mu=mu2, sigma=s2, n=30)
   assert fid_lib.fid_proxy(imgs, stats, _FakeExtractor()) == out
 
 
 # ------------------------------------------------------------------ reference files
 
+
 def test_reference_roundtrip_and_openai_format(tmp_path):
   rng = np.random.default_rng(7)
   feats = rng.standard_normal((12, 2048)).astype(np.float32)
-  ref = fid_lib.ReferenceStatistics(mu=feats.mean(0).astype(np.float64),
-                                    sigma=np.cov(feats, rowvar=False), n=12, features=feats,
-                                    protocol="p", source="tfds:x:train")
+  ref = fid_lib.ReferenceStatistics(
+    mu=feats.mean(0).astype(np.float64),
+    sigma=np.cov(feats, rowvar=False),
+    n=12,
+    features=feats,
+    protocol="p",
+    source="tfds:x:train",
+  )
   path = tmp_path / "ref.npz"
   fid_lib.save_reference(path, ref)
   assert os.listdir(tmp_path) == ["ref.npz"]
@@ -205,14 +211,17 @@ def test_reference_roundtrip_and_openai_format(tmp_path):
   assert v.feature_extractor == fid_lib.OPENAI_TF_EXTRACTOR and v.images.shape == (5, 8, 8, 3)
 
 
-@pytest.mark.parametrize("arrays, match", [
+@pytest.mark.parametrize(
+  "arrays, match",
+  [
     (dict(labels=np.zeros(3)), "neither statistics"),
     (dict(mu=np.zeros(2048)), "only one of"),
     (dict(mu=np.zeros(10), sigma=np.eye(10)), "dimension 10"),
     (dict(mu=np.full(2048, np.nan), sigma=np.eye(2048)), "NaN"),
     (dict(arr_0=np.zeros((0, 8, 8, 3), np.uint8)), "no images"),
     (dict(arr_0=np.zeros((2, 8, 8, 3), np.float32)), "uint8"),
-])
+  ],
+)
 def test_reference_errors(tmp_path, arrays, match):
   path = tmp_path / "bad.npz"
   np.savez(path, **arrays)
@@ -227,6 +236,7 @@ def test_save_reference_without_statistics_writes_nothing(tmp_path):
 
 
 # ------------------------------------------------------------------ precision / recall
+
 
 def _pr_bruteforce(ref, smp, k=3):
   """OpenAI semantics on full float64 matrices: radius = sorted row entry k (self included)."""
@@ -259,12 +269,12 @@ def test_precision_recall_limits():
   assert pr_lib.precision_recall(a, a) == {"precision": 1.0, "recall": 1.0}
   assert pr_lib.precision_recall(a, a + 100.0) == {"precision": 0.0, "recall": 0.0}
   # fp16 distance blocks (OpenAI's scheme) agree when nothing sits on a ball boundary.
-  assert pr_lib.precision_recall(a, a + 100.0, distance_dtype="float16") == {
-      "precision": 0.0, "recall": 0.0}
+  assert pr_lib.precision_recall(a, a + 100.0, distance_dtype="float16") == {"precision": 0.0, "recall": 0.0}
   # Overflowing fp16 (|u|^2 > 65504) falls back to float32.
   big = a * 300.0
-  np.testing.assert_allclose(pr_lib.manifold_radii(big, distance_dtype="float16"),
-                             pr_lib.manifold_radii(big), rtol=1e-5)
+  np.testing.assert_allclose(
+    pr_lib.manifold_radii(big, distance_dtype="float16"), pr_lib.manifold_radii(big), rtol=1e-5
+  )
 
 
 def test_precision_recall_input_errors():
@@ -278,6 +288,7 @@ def test_precision_recall_input_errors():
 
 
 # ------------------------------------------------------------------ Inception score
+
 
 def test_inception_score_closed_forms():
   assert is_lib.inception_score(np.zeros((40, 1008)), num_splits=4) == pytest.approx((1.0, 0.0))
@@ -294,7 +305,7 @@ def test_inception_score_matches_improved_gan_formula():
   p /= p.sum(1, keepdims=True)
   scores = []
   for i in range(10):
-    part = p[i * 103 // 10:(i + 1) * 103 // 10]
+    part = p[i * 103 // 10 : (i + 1) * 103 // 10]
     kl = part * (np.log(part) - np.log(part.mean(0, keepdims=True)))
     scores.append(np.exp(kl.sum(1).mean()))
   mean, std = is_lib.inception_score(logits)
@@ -309,6 +320,7 @@ def test_inception_score_errors():
 
 
 # ------------------------------------------------------------------ sample export
+
 
 def test_to_uint8_closed_form_values():
   x = np.array([-1.5, -1.0, 0.0, 1.0, 2.0, -1 + 1 / 255, -1 + 0.99 / 127.5], np.float32)
@@ -360,7 +372,7 @@ def test_image_grid_layout(tmp_path):
   assert grid.shape == (3 * 5 + 2, 2 * 4 + 2, 3)
   for i in range(5):
     r, c = divmod(i, 2)
-    np.testing.assert_array_equal(grid[r * 5 + 2:r * 5 + 5, c * 4 + 2:c * 4 + 4], imgs[i])
+    np.testing.assert_array_equal(grid[r * 5 + 2 : r * 5 + 5, c * 4 + 2 : c * 4 + 4], imgs[i])
   assert grid.sum() == imgs.sum()  # everything else is padding (0)
   samples.save_image_grid(tmp_path / "grid.png", imgs, nrow=2)
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "grid.png")), grid)

@@ -9,6 +9,7 @@ machine, so these tests replace ``fid.frechet_distance`` by a recorder and
 check that it receives exactly the right statistics; the distance itself is
 tested against closed forms in test_eval_metrics.py.
 """
+
 import json
 import os
 
@@ -48,8 +49,9 @@ def images():
     gold = np.round(z["x"] * 255).astype(np.uint8).transpose(0, 2, 3, 1)
   rng = np.random.default_rng(0)
   yy, xx = np.mgrid[0:64, 0:64] / 64.0
-  smooth = [np.stack([np.sin(6 * f * xx + c) * np.cos(4 * yy * f) for c in range(3)], -1)
-            for f in rng.uniform(0.5, 3, 3)]
+  smooth = [
+    np.stack([np.sin(6 * f * xx + c) * np.cos(4 * yy * f) for c in range(3)], -1) for f in rng.uniform(0.5, 3, 3)
+  ]
   smooth = np.round((np.stack(smooth) + 1) * 127.5).astype(np.uint8)
   noise = rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
   return np.concatenate([gold, smooth, noise])
@@ -106,8 +108,9 @@ def _run(capsys, *argv):
 def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, feats, fid_calls):
   samples, ref_images = files
   ref_stats = workdir / "ref_stats.npz"
-  rc, out, err = _run(capsys, "stats", f"--npz={ref_images}", f"--out={ref_stats}",
-                      f"--inception_weights={weights}", "--batch_size=2")
+  rc, out, err = _run(
+    capsys, "stats", f"--npz={ref_images}", f"--out={ref_stats}", f"--inception_weights={weights}", "--batch_size=2"
+  )
   assert rc == 0, err
   assert "wrote" in out
   ref = fid_lib.load_reference(ref_stats)
@@ -118,8 +121,15 @@ def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, fe
   np.testing.assert_allclose(ref.features, feats["pool3"][N:], rtol=1e-6, atol=1e-7)
 
   out_json = workdir / "res.json"
-  rc, out, err = _run(capsys, samples, ref_stats, f"--inception_weights={weights}",
-                      "--batch_size=2", "--is_splits=2", f"--json={out_json}")
+  rc, out, err = _run(
+    capsys,
+    samples,
+    ref_stats,
+    f"--inception_weights={weights}",
+    "--batch_size=2",
+    "--is_splits=2",
+    f"--json={out_json}",
+  )
   assert rc == 0, err
   res = json.loads(out_json.read_text())
   assert len(fid_calls) == 1
@@ -130,15 +140,20 @@ def test_stats_then_evaluate_matches_library(capsys, workdir, weights, files, fe
   assert (res["precision"], res["recall"]) == (pr["precision"], pr["recall"])
   is_mean, _ = is_lib.inception_score(feats["logits_unbiased"][:N], num_splits=2)
   np.testing.assert_allclose(res["inception_score"], is_mean, rtol=1e-5)
-  for line in ("fid_proxy_4: ", "precision: ", "recall: ", "inception_score: ",
-               "(4 images)", "differs slightly from OpenAI's TF evaluator"):
+  for line in (
+    "fid_proxy_4: ",
+    "precision: ",
+    "recall: ",
+    "inception_score: ",
+    "(4 images)",
+    "differs slightly from OpenAI's TF evaluator",
+  ):
     assert line in out
 
 
 def test_evaluate_against_itself_is_perfect(capsys, weights, files, feats, fid_calls):
   samples, _ = files
-  rc, out, err = _run(capsys, samples, samples, f"--inception_weights={weights}",
-                      "--batch_size=2", "--is_splits=3")
+  rc, out, err = _run(capsys, samples, samples, f"--inception_weights={weights}", "--batch_size=2", "--is_splits=3")
   assert rc == 0, err
   vals = dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
   _assert_stats(fid_calls[0], feats["pool3"][:N], *_stats(feats["pool3"][:N]))
@@ -147,19 +162,26 @@ def test_evaluate_against_itself_is_perfect(capsys, weights, files, feats, fid_c
 
 
 def test_openai_style_reference_uses_stored_stats_and_notes_the_extractor(
-    capsys, workdir, weights, files, images, feats, fid_calls):
+  capsys, workdir, weights, files, images, feats, fid_calls
+):
   samples, _ = files
   f_ref = feats["pool3"][N:].astype(np.float64)
   virtual = workdir / "VIRTUAL_tiny.npz"
   np.savez(virtual, arr_0=images[N:], mu=f_ref.mean(0) + 1.0, sigma=np.cov(f_ref, rowvar=False))
-  rc, out, err = _run(capsys, samples, virtual, f"--inception_weights={weights}",
-                      "--batch_size=2", "--is_splits=2")
+  rc, out, err = _run(capsys, samples, virtual, f"--inception_weights={weights}", "--batch_size=2", "--is_splits=2")
   assert rc == 0, err
   assert "different feature extractor" in out
   mu_ref, sigma_ref = _stats(f_ref)
   _assert_stats(fid_calls[0], feats["pool3"][:N], mu_ref + 1.0, sigma_ref)  # stored stats
-  rc, out, err = _run(capsys, samples, virtual, f"--inception_weights={weights}",
-                      "--batch_size=2", "--is_splits=2", "--recompute_reference_stats")
+  rc, out, err = _run(
+    capsys,
+    samples,
+    virtual,
+    f"--inception_weights={weights}",
+    "--batch_size=2",
+    "--is_splits=2",
+    "--recompute_reference_stats",
+  )
   assert rc == 0, err
   assert "different feature extractor" not in out
   _assert_stats(fid_calls[1], feats["pool3"][:N], mu_ref, sigma_ref)  # recomputed from arr_0
@@ -171,8 +193,15 @@ def test_stats_from_folder_equals_npz(capsys, workdir, weights, images, feats):
   for i, im in enumerate(images[N:]):
     Image.fromarray(im).save(folder / f"{i:03d}.png")
   out_path = workdir / "ref_folder.npz"
-  rc, _, err = _run(capsys, "stats", f"--folder={folder}", f"--out={out_path}",
-                    f"--inception_weights={weights}", "--batch_size=2", "--pr_features=3")
+  rc, _, err = _run(
+    capsys,
+    "stats",
+    f"--folder={folder}",
+    f"--out={out_path}",
+    f"--inception_weights={weights}",
+    "--batch_size=2",
+    "--pr_features=3",
+  )
   assert rc == 0, err
   a = fid_lib.load_reference(out_path)
   mu, sigma = _stats(feats["pool3"][N:])  # PNG is lossless: the same pixels
@@ -187,6 +216,7 @@ class _FakeSource(list):
 
 def test_stats_from_tfds_data_source(capsys, monkeypatch, workdir, weights, images):
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   calls = {}
 
   def fake_data_source(name, split=None, data_dir=None):
@@ -195,9 +225,16 @@ def test_stats_from_tfds_data_source(capsys, monkeypatch, workdir, weights, imag
 
   monkeypatch.setattr(tfds, "data_source", fake_data_source)
   out_path = workdir / "ref_tfds.npz"
-  rc, _, err = _run(capsys, "stats", "--tfds=cifar10:3.0.2:train[:5]", f"--out={out_path}",
-                    "--data_dir=/nowhere", f"--inception_weights={weights}", "--batch_size=2",
-                    "--max_images=3")
+  rc, _, err = _run(
+    capsys,
+    "stats",
+    "--tfds=cifar10:3.0.2:train[:5]",
+    f"--out={out_path}",
+    "--data_dir=/nowhere",
+    f"--inception_weights={weights}",
+    "--batch_size=2",
+    "--max_images=3",
+  )
   assert rc == 0, err
   assert calls == {"name": "cifar10:3.0.2", "split": "train[:5]", "data_dir": "/nowhere"}
   ref = fid_lib.load_reference(out_path)
@@ -205,6 +242,7 @@ def test_stats_from_tfds_data_source(capsys, monkeypatch, workdir, weights, imag
 
 
 # ------------------------------------------------------------------ bad input: one line, exit 1
+
 
 def _assert_one_line_error(rc, err, *needles):
   assert rc == 1
@@ -214,13 +252,16 @@ def _assert_one_line_error(rc, err, *needles):
     assert n in lines[0], lines[0]
 
 
-@pytest.mark.parametrize("arrays, needle", [
+@pytest.mark.parametrize(
+  "arrays, needle",
+  [
     ({}, "empty npz"),
     ({"images": np.zeros((2, 8, 8, 3), np.uint8)}, "no 'arr_0'"),
     ({"arr_0": np.zeros((2, 8, 8, 3), np.float32)}, "uint8"),
     ({"arr_0": np.zeros((2, 8, 8), np.uint8)}, "NHWC"),
     ({"arr_0": np.zeros((0, 8, 8, 3), np.uint8)}, "no images"),
-])
+  ],
+)
 def test_bad_samples(capsys, tmp_path, files, arrays, needle):
   bad = tmp_path / "bad.npz"
   np.savez(bad, **arrays)
@@ -246,8 +287,7 @@ def test_missing_weights_message(capsys, monkeypatch, tmp_path, files):
   monkeypatch.setattr(inception, "TORCH_HUB_CACHE", tmp_path / "none.pth")
   out_path = tmp_path / "ref.npz"
   rc, _, err = _run(capsys, "stats", f"--npz={files[1]}", f"--out={out_path}")
-  _assert_one_line_error(rc, err, inception.FID_WEIGHTS_URL, "--inception_weights",
-                         "DXMI_INCEPTION_WEIGHTS")
+  _assert_one_line_error(rc, err, inception.FID_WEIGHTS_URL, "--inception_weights", "DXMI_INCEPTION_WEIGHTS")
   assert not os.listdir(tmp_path)
 
 
@@ -257,8 +297,9 @@ def test_mixed_sizes_in_folder_write_nothing(capsys, tmp_path, weights):
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
   Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(folder / "b.png")
   out_path = tmp_path / "ref.npz"
-  rc, _, err = _run(capsys, "stats", f"--folder={folder}", f"--out={out_path}",
-                    f"--inception_weights={weights}", "--batch_size=2")
+  rc, _, err = _run(
+    capsys, "stats", f"--folder={folder}", f"--out={out_path}", f"--inception_weights={weights}", "--batch_size=2"
+  )
   _assert_one_line_error(rc, err, "same size", "b.png")
   assert sorted(os.listdir(tmp_path)) == ["imgs"]
 
@@ -273,7 +314,13 @@ def test_nan_features_write_nothing(capsys, tmp_path, weights, files):
   bad_weights = tmp_path / "overflow.npz"
   np.savez(bad_weights, **sd)
   out_dir = tmp_path / "out"
-  rc, _, err = _run(capsys, "stats", f"--npz={files[1]}", f"--out={out_dir / 'ref.npz'}",
-                    f"--inception_weights={bad_weights}", "--batch_size=2")
+  rc, _, err = _run(
+    capsys,
+    "stats",
+    f"--npz={files[1]}",
+    f"--out={out_dir / 'ref.npz'}",
+    f"--inception_weights={bad_weights}",
+    "--batch_size=2",
+  )
   _assert_one_line_error(rc, err, "NaN/inf features")
   assert not out_dir.exists() or not os.listdir(out_dir)

@@ -1,4 +1,5 @@
 """Image experiments: the configs' real architectures, their :smoke runs, image validation, optimiser parity."""
+
 import json
 import os
 
@@ -10,15 +11,16 @@ from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, init, train
 
 CONFIGS = {
-    "cifar10": ("configs.cifar10", ""),
-    "imagenet64": ("configs.imagenet64", ""),
-    "imagenet64_t4": ("configs.imagenet64", "t4"),
-    "lsun_bedroom": ("configs.lsun_bedroom", ""),
+  "cifar10": ("configs.cifar10", ""),
+  "imagenet64": ("configs.imagenet64", ""),
+  "imagenet64_t4": ("configs.imagenet64", "t4"),
+  "lsun_bedroom": ("configs.lsun_bedroom", ""),
 }
 
 
 def get(name, variant=None):
   import importlib  # pylint: disable=import-outside-toplevel
+
   module, v = CONFIGS[name]
   return importlib.import_module(module).get_config(variant if variant is not None else v)
 
@@ -27,13 +29,19 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
-@pytest.mark.parametrize("name,policy_params,T", [
-    ("cifar10", 35_746_307, 10), ("imagenet64", 295_899_267, 10), ("imagenet64_t4", 295_899_267, 4),
-    ("lsun_bedroom", 526_304_771, 4)])
+@pytest.mark.parametrize(
+  "name,policy_params,T",
+  [
+    ("cifar10", 35_746_307, 10),
+    ("imagenet64", 295_899_267, 10),
+    ("imagenet64_t4", 295_899_267, 4),
+    ("lsun_bedroom", 526_304_771, 4),
+  ],
+)
 def test_real_configs_build_the_official_architectures(name, policy_params, T):
   """The configs carry the real networks: parameter counts of the official listings (eval_shape only)."""
   c = get(name)
-  c.data.name = "synthetic"     # the real data is not here; the networks are what we check
+  c.data.name = "synthetic"  # the real data is not here; the networks are what we check
   c.training.batch_size = 8
   c.init.policy_checkpoint = ""
   c.data.num_classes = c.policy.net.get("num_classes") or 0
@@ -41,22 +49,31 @@ def test_real_configs_build_the_official_architectures(name, policy_params, T):
   shapes = exp.abstract_state()
   assert _count(shapes.policy.params["net"]) == policy_params
   assert shapes.policy.params["log_sigma"].shape == (T,)
-  assert _count(shapes.value.params) == 5_134_595       # IGEBMEncoderV2 nh128
+  assert _count(shapes.value.params) == 5_134_595  # IGEBMEncoderV2 nh128
   assert exp.cfg.num_steps == T
 
 
 def test_real_config_hyperparameters():
   """Trainer semantics per experiment (reference §5 table)."""
   cif, imn, imn4 = get("cifar10"), get("imagenet64"), get("imagenet64_t4")
-  assert (cif.optim.policy, cif.optim.policy_lr, cif.optim.policy_sigma_lr, cif.optim.policy_grad_clip) == \
-      ("adam", 1e-7, 1e-5, 0.1)
+  assert (cif.optim.policy, cif.optim.policy_lr, cif.optim.policy_sigma_lr, cif.optim.policy_grad_clip) == (
+    "adam",
+    1e-7,
+    1e-5,
+    0.1,
+  )
   assert cif.dxmi.policy_minibatches == 1 and cif.dxmi.policy_train_mode and cif.optim.value_grad_clip <= 0
   assert cif.training.batch_size == 128 and cif.training.seed == 112233 and cif.sample.rounding == "round"
   assert (imn.optim.policy, imn.optim.policy_lr, imn.optim.policy_sigma_lr) == ("radam", 1e-8, 1e-6)
   assert imn.optim.policy_grad_clip <= 0 and imn.optim.value_grad_clip == 0.1
   assert imn.dxmi.policy_minibatches == 10 and imn.dxmi.skip_sampler_tau == 3
-  assert (imn4.policy.num_steps, imn4.policy.rho, imn4.policy.stochastic_last, imn4.dxmi.skip_sampler_tau,
-          imn4.dxmi.policy_minibatches) == (4, 4.0, True, 0, 4)
+  assert (
+    imn4.policy.num_steps,
+    imn4.policy.rho,
+    imn4.policy.stochastic_last,
+    imn4.dxmi.skip_sampler_tau,
+    imn4.dxmi.policy_minibatches,
+  ) == (4, 4.0, True, 0, 4)
   assert imn.sample.rounding == "truncate" and imn.policy.net.dtype == "bfloat16"
   for c in (cif, imn):
     assert (c.dxmi.tau1, c.dxmi.tau2, c.dxmi.gamma, c.dxmi.adavelreg) == (0.1, 0.01, 1.0, 0.99)
@@ -100,12 +117,15 @@ def _smoke(name="cifar10"):
   return get(name, "smoke")
 
 
-@pytest.mark.parametrize("mutate,match", [
+@pytest.mark.parametrize(
+  "mutate,match",
+  [
     (lambda c: setattr(c.data, "image_size", 64), "does not match the data.s image size 64"),
     (lambda c: setattr(c.policy.net, "resolution", 16), "resolution=16 does not match"),
     (lambda c: setattr(c.sample, "labels", "1,2"), "unconditional"),
     (lambda c: setattr(c.sample, "rounding", "nearest"), "config.sample.rounding"),
-])
+  ],
+)
 def test_image_config_errors(mutate, match):
   c = _smoke()
   mutate(c)
@@ -157,6 +177,7 @@ def test_optimizers_match_torch():
   torch = pytest.importorskip("torch", reason="torch (extra [convert]) is needed for this parity check")
   import optax  # pylint: disable=import-outside-toplevel
   from ml_collections import ConfigDict  # pylint: disable=import-outside-toplevel
+
   jax.config.update("jax_enable_x64", True)
   try:
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
 """FID Inception port vs the official pytorch-fid model (golden A5) and the weights converter."""
+
 import numpy as np
 import pytest
 
@@ -35,16 +36,16 @@ def forward(variables, io):
   """One compile: the model on the golden float input, with the debug block means."""
   x = jnp.asarray(io["x"].transpose(0, 2, 3, 1))
   with jax.default_matmul_precision("highest"):
-    out = jax.jit(lambda v, x: inception.InceptionV3().apply(v, x, with_block_means=True))(
-        variables, x)
+    out = jax.jit(lambda v, x: inception.InceptionV3().apply(v, x, with_block_means=True))(variables, x)
   return jax.tree.map(np.asarray, out)
 
 
 def test_recipe_reproduces_key_list(state_dict):
-  lines = [l.split("\t") for l in golden_path("inception_fid_keys.txt").read_text().splitlines()
-           if l and not l.startswith("#")]
+  lines = [
+    l.split("\t") for l in golden_path("inception_fid_keys.txt").read_text().splitlines() if l and not l.startswith("#")
+  ]
   assert list(state_dict) == [l[1] for l in lines]
-  for idx, key, shape, dtype, _ in lines:
+  for _idx, key, shape, dtype, _ in lines:
     assert state_dict[key].dtype == np.dtype(dtype), key
     assert str(tuple(state_dict[key].shape)).replace(",)", ")") == shape.replace(",)", ")"), key
 
@@ -66,8 +67,9 @@ def test_resize_matches_torch_interpolate(io):
 def test_resize_matches_torch_for_up_and_downsampling(hw):
   torch = pytest.importorskip("torch", reason="compares with torch F.interpolate")
   x = np.random.default_rng(0).uniform(size=(1, 3) + hw).astype(np.float32)
-  want = torch.nn.functional.interpolate(torch.from_numpy(x), size=(299, 299), mode="bilinear",
-                                         align_corners=False).numpy()
+  want = torch.nn.functional.interpolate(
+    torch.from_numpy(x), size=(299, 299), mode="bilinear", align_corners=False
+  ).numpy()
   got = np.asarray(inception.resize_bilinear_299(jnp.asarray(x.transpose(0, 2, 3, 1))))
   np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-5, atol=1e-6)
 
@@ -102,12 +104,13 @@ def test_extractor_uint8_path_matches_golden(variables, io):
 
 # ---------------------------------------------------------------- converter
 
+
 def test_wrapper_layout_converts_identically(state_dict, variables):
   rename = {v: k for k, v in inception._WRAPPER_PREFIXES.items()}  # pylint: disable=protected-access
   wrapped = {}
   for k, v in state_dict.items():
     head = k.split(".")[0]
-    wrapped[(rename[head] + k[len(head):]) if head in rename else k] = v
+    wrapped[(rename[head] + k[len(head) :]) if head in rename else k] = v
   assert any(k.startswith("blocks.2.0.") for k in wrapped)
   conv = inception.load_variables(wrapped)
   for a, b in zip(jax.tree.leaves(conv), jax.tree.leaves(variables)):
@@ -119,19 +122,21 @@ def test_conv_and_fc_transposes(state_dict, variables):
   k = variables["params"]["Mixed_6b"]["branch7x7_2"]["conv"]["kernel"]
   np.testing.assert_array_equal(k, w.transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(variables["params"]["fc"]["kernel"], state_dict["fc.weight"].T)
-  np.testing.assert_array_equal(variables["batch_stats"]["Conv2d_1a_3x3"]["bn"]["var"],
-                                state_dict["Conv2d_1a_3x3.bn.running_var"])
+  np.testing.assert_array_equal(
+    variables["batch_stats"]["Conv2d_1a_3x3"]["bn"]["var"], state_dict["Conv2d_1a_3x3.bn.running_var"]
+  )
 
 
-@pytest.mark.parametrize("corrupt, match", [
+@pytest.mark.parametrize(
+  "corrupt, match",
+  [
     (lambda sd: sd.pop("Mixed_7c.branch_pool.conv.weight"), "missing"),
-    (lambda sd: sd.__setitem__("Mixed_5b.extra.conv.weight", np.zeros((1, 1, 1, 1), np.float32)),
-     "unexpected"),
+    (lambda sd: sd.__setitem__("Mixed_5b.extra.conv.weight", np.zeros((1, 1, 1, 1), np.float32)), "unexpected"),
     (lambda sd: sd.__setitem__("AuxLogits.fc.weight", np.zeros((1, 1), np.float32)), "unexpected"),
     (lambda sd: sd.__setitem__("fc.weight", np.zeros((1000, 2048), np.float32)), "does not fit"),
-    (lambda sd: sd.__setitem__("Mixed_5b.branch1x1.bn.running_var",
-                               np.full((64,), np.nan, np.float32)), "NaN"),
-])
+    (lambda sd: sd.__setitem__("Mixed_5b.branch1x1.bn.running_var", np.full((64,), np.nan, np.float32)), "NaN"),
+  ],
+)
 def test_converter_rejects_bad_state_dicts(state_dict, corrupt, match):
   sd = dict(state_dict)
   corrupt(sd)

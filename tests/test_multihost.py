@@ -10,6 +10,7 @@ reference to 1e-5.
 Process 1 of a multi-process CPU job cannot use the persistent compilation cache
 (jax keys it by process), so this module pays one full compile.
 """
+
 import os
 import shutil
 import socket
@@ -21,11 +22,10 @@ import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import writers
-from test_train_infra import REPO, cli_flags, main_cmd, records, subprocess_env
+from conftest import REPO, cli_flags, main_cmd, records, subprocess_env
 
 N = 20
-RUN = dict(training__num_iters=N, training__log_every=5, training__checkpoint_every=N // 2,
-           training__eval_every=0)
+RUN = dict(training__num_iters=N, training__log_every=5, training__checkpoint_every=N // 2, training__eval_every=0)
 
 
 def _free_port():
@@ -38,8 +38,14 @@ def _free_port():
 def test_two_processes_match_one_process_with_two_devices(tmp_path):
   flags = cli_flags(**RUN)
   ref = tmp_path / "ref"
-  res = subprocess.run(main_cmd(ref, *flags), cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  res = subprocess.run(
+    main_cmd(ref, *flags),
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   assert ckpt_lib.committed_steps(str(ref)) == [N // 2, N]
   assert ckpt_lib.read_meta(str(ref))["device_count"] == 2
@@ -51,10 +57,17 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
   for name in ("tensorboard", "figure.png"):
     shutil.rmtree(wd / name) if (wd / name).is_dir() else os.remove(wd / name)
   port = _free_port()
-  procs = [subprocess.Popen(main_cmd(wd, *flags), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=subprocess_env(DXMI_COORDINATOR=f"localhost:{port}",
-                                                          DXMI_NUM_PROCESSES="2", DXMI_PROCESS_ID=str(i)))
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      main_cmd(wd, *flags),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=subprocess_env(DXMI_COORDINATOR=f"localhost:{port}", DXMI_NUM_PROCESSES="2", DXMI_PROCESS_ID=str(i)),
+    )
+    for i in range(2)
+  ]
   outs = []
   try:
     for p in procs:
@@ -63,7 +76,7 @@ def test_two_processes_match_one_process_with_two_devices(tmp_path):
     for p in procs:
       if p.poll() is None:
         p.kill()
-  for i, (p, (out, err)) in enumerate(zip(procs, outs)):
+  for i, (p, (_out, err)) in enumerate(zip(procs, outs)):
     assert p.returncode == 0, f"process {i}:\n{err[-3000:]}"
   assert "process 0 of 2, 1 local / 2 global devices" in outs[0][1]
   assert f"resuming from step {N // 2}" in outs[0][1]

@@ -5,6 +5,7 @@ EDM denoiser) and A4 (igebm, igebm_cond) against the official float32 outputs at
 rtol = atol = 1e-4 (the README's suggestion).  Reading the golden weights needs
 torch; those tests skip without it.
 """
+
 import ast
 
 import jax
@@ -15,19 +16,27 @@ import pytest
 from conftest import REFERENCE, golden_path
 from dxmi_jax import convert
 from dxmi_jax.models import registry
-from dxmi_jax.models.adm_unet import (adm_imagenet64, adm_lsun256, adm_timestep_embedding,
-                                      edm_denoise, karras_scalings)
+from dxmi_jax.models.adm_unet import adm_imagenet64, adm_lsun256, adm_timestep_embedding, edm_denoise, karras_scalings
 from dxmi_jax.models.ddpm_unet import ddpm_cifar10, ddpm_timestep_embedding
 from dxmi_jax.models.igebm import igebm_nh128
 
 # The golden small configs (README A1, A2, A4).
 SMALL = {
-    "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
-    "adm_cond": ("adm_unet", dict(image_size=32, model_channels=32, num_res_blocks=1,
-                                  channel_mult=(1, 2, 2), attention_resolutions=(16, 8),
-                                  num_head_channels=16, num_classes=10)),
-    "igebm": ("igebm", dict(nh=16)),
-    "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
+  "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
+  "adm_cond": (
+    "adm_unet",
+    dict(
+      image_size=32,
+      model_channels=32,
+      num_res_blocks=1,
+      channel_mult=(1, 2, 2),
+      attention_resolutions=(16, 8),
+      num_head_channels=16,
+      num_classes=10,
+    ),
+  ),
+  "igebm": ("igebm", dict(nh=16)),
+  "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
 }
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -54,30 +63,34 @@ def _read_listing(path):
 # Real configs: sizes and the official state_dict layout (eval_shape only, no compute).
 # ---------------------------------------------------------------------------------------------
 
+
 # Counts from the official listings (reference §4); without the sampler's log_betas/std.
-@pytest.mark.parametrize("arch,cfg_fn,count", [
+@pytest.mark.parametrize(
+  "arch,cfg_fn,count",
+  [
     ("ddpm_unet", ddpm_cifar10, 35_746_307),
     ("adm_unet", adm_imagenet64, 295_899_267),
     ("adm_unet", adm_lsun256, 526_304_771),  # 526,304,775 with the 4 log_betas
     ("igebm", igebm_nh128, 5_134_595),
-])
+  ],
+)
 def test_real_config_param_counts(arch, cfg_fn, count):
   shapes = convert.expected_state_dict_shapes(arch, cfg_fn())  # eval_shape of init, cached
   assert sum(int(np.prod(s)) for s in shapes.values()) == count
 
 
 LISTINGS = [
-    ("cifar10_ddpm_unet_small_T10.txt", "ddpm_unet", ddpm_cifar10()),
-    ("imagenet64_edm_T10_unet.txt", "adm_unet", adm_imagenet64()),
-    ("lsun_bedroom256_edm_T4_unet.txt", "adm_unet", adm_lsun256()),
-    ("value_IGEBMEncoderV2_nh128.txt", "igebm", igebm_nh128()),
+  ("cifar10_ddpm_unet_small_T10.txt", "ddpm_unet", ddpm_cifar10()),
+  ("imagenet64_edm_T10_unet.txt", "adm_unet", adm_imagenet64()),
+  ("lsun_bedroom256_edm_T4_unet.txt", "adm_unet", adm_lsun256()),
+  ("value_IGEBMEncoderV2_nh128.txt", "igebm", igebm_nh128()),
 ] + [(f"golden:{name}_keys.txt", arch, cfg) for name, (arch, cfg) in SMALL.items()]
 
 
 @pytest.mark.parametrize("listing,arch,cfg", LISTINGS, ids=[l[0] for l in LISTINGS])
 def test_state_dict_layout_matches_official_listing(listing, arch, cfg):
   if listing.startswith("golden:"):
-    path = golden_path(listing[len("golden:"):])
+    path = golden_path(listing[len("golden:") :])
   else:
     path = REFERENCE / "state_dict_keys" / listing
   official = _read_listing(path)
@@ -90,9 +103,18 @@ def test_state_dict_layout_matches_official_listing(listing, arch, cfg):
 
 def test_adm_conv_resampling_layout():
   """resblock_updown=False uses the official Downsample.op / Upsample.conv convs."""
-  keys = convert.expected_state_dict_shapes("adm_unet", dict(
-      image_size=16, model_channels=32, num_res_blocks=1, channel_mult=(1, 2),
-      attention_resolutions=(), num_classes=None, resblock_updown=False))
+  keys = convert.expected_state_dict_shapes(
+    "adm_unet",
+    dict(
+      image_size=16,
+      model_channels=32,
+      num_res_blocks=1,
+      channel_mult=(1, 2),
+      attention_resolutions=(),
+      num_classes=None,
+      resblock_updown=False,
+    ),
+  )
   assert keys["input_blocks.2.0.op.weight"] == (32, 32, 3, 3)
   assert keys["output_blocks.1.1.conv.weight"] == (64, 64, 3, 3)
   assert not any("up" in k or "down" in k for k in keys)
@@ -101,6 +123,7 @@ def test_adm_conv_resampling_layout():
 # ---------------------------------------------------------------------------------------------
 # Closed forms: embeddings and EDM scalings.
 # ---------------------------------------------------------------------------------------------
+
 
 def test_timestep_embeddings_closed_form():
   t = np.array([0.0, 1.0, 412.7, -748.9], np.float64)
@@ -125,11 +148,13 @@ def test_karras_scalings_match_golden():
 # Golden parity (needs torch for the .pt weights).
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def golden_net():
   """name -> (model, params, extras, jitted apply(params, x, t, y), io npz), loaded once."""
-  pytest.importorskip("torch", reason="the golden weights are .pt files; reading them needs "
-                      "torch (pip install -e '.[convert]')")
+  pytest.importorskip(
+    "torch", reason="the golden weights are .pt files; reading them needs torch (pip install -e '.[convert]')"
+  )
   cache = {}
 
   def get(name, dtype=None):  # dtype: a UNet activation dtype override
@@ -161,8 +186,7 @@ def test_adm_unet_and_edm_denoiser_golden(golden_net):
   _, params, extras, apply, g = golden_net("adm_cond")
   with jax.default_matmul_precision("highest"):
     out = apply(params, _nhwc(g["unet_in"]), g["t"], g["y"])
-    denoised = edm_denoise(lambda u, t, y: apply(params, u, t, y), _nhwc(g["x"]), g["sigma"],
-                           g["y"])
+    denoised = edm_denoise(lambda u, t, y: apply(params, u, t, y), _nhwc(g["x"]), g["sigma"], g["y"])
   np.testing.assert_allclose(_nchw(out), g["out"], **TOL)
   np.testing.assert_allclose(_nchw(denoised), g["denoised"], **TOL)  # sigma = 80, 2.5, 0.05
   np.testing.assert_array_equal(extras["log_betas"], g["log_betas"])
@@ -203,7 +227,7 @@ def test_bf16_activations_close_to_float32(golden_net, name):
   out = np.asarray(out)
   for i in range(len(x)):
     err = out[i] - ref[i]
-    rel_rms = np.sqrt(np.mean(err ** 2) / np.mean(ref[i] ** 2))
+    rel_rms = np.sqrt(np.mean(err**2) / np.mean(ref[i] ** 2))
     rel_max = np.abs(err).max() / np.abs(ref[i]).max()
     assert 1e-3 < rel_rms < 0.05, (i, rel_rms)
     assert rel_max < 0.05, (i, rel_max)
@@ -213,13 +237,21 @@ def test_bf16_activations_close_to_float32(golden_net, name):
 # Signatures: labels and dropout.
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch,cfg,y,msg", [
+
+@pytest.mark.parametrize(
+  "arch,cfg,y,msg",
+  [
     ("adm_unet", SMALL["adm_cond"][1], None, "y .class labels. must be given"),
-    ("adm_unet", dict(SMALL["adm_cond"][1], num_classes=None), jnp.zeros((1,), jnp.int32),
-     "y .class labels. must be given"),
+    (
+      "adm_unet",
+      dict(SMALL["adm_cond"][1], num_classes=None),
+      jnp.zeros((1,), jnp.int32),
+      "y .class labels. must be given",
+    ),
     ("igebm", dict(nh=16, n_class=10), None, "needs class labels"),
     ("ddpm_unet", SMALL["unet_small"][1], jnp.zeros((1,), jnp.int32), "unconditional"),
-])
+  ],
+)
 def test_label_contract(arch, cfg, y, msg):
   model = registry.build(arch, cfg)
   x, t, _ = registry.example_inputs(arch, cfg)
@@ -228,18 +260,16 @@ def test_label_contract(arch, cfg, y, msg):
 
 
 def test_dropout_uses_the_dropout_stream():
-  cfg = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.5,
-             resolution=8)
+  cfg = dict(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(8,), dropout=0.5, resolution=8)
   model = registry.build("ddpm_unet", cfg)
   rng = np.random.default_rng(0)  # random values without compiling model.init (slow on CPU)
-  params = jax.tree.map(lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), jnp.float32),
-                        registry.param_shapes("ddpm_unet", cfg))
+  params = jax.tree.map(
+    lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), jnp.float32), registry.param_shapes("ddpm_unet", cfg)
+  )
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
   t = jnp.array([3.0, 500.0])
-  run = jax.jit(lambda p, rng: model.apply({"params": p}, x, t, deterministic=False,
-                                           rngs={"dropout": rng}))
-  a, b, c = run(params, jax.random.PRNGKey(2)), run(params, jax.random.PRNGKey(2)), run(
-      params, jax.random.PRNGKey(3))
+  run = jax.jit(lambda p, rng: model.apply({"params": p}, x, t, deterministic=False, rngs={"dropout": rng}))
+  a, b, c = run(params, jax.random.PRNGKey(2)), run(params, jax.random.PRNGKey(2)), run(params, jax.random.PRNGKey(3))
   eval_out = jax.jit(lambda p: model.apply({"params": p}, x, t))(params)
   np.testing.assert_array_equal(a, b)
   assert np.abs(a - c).max() > 1e-3 and np.abs(a - eval_out).max() > 1e-3

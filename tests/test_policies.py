@@ -4,6 +4,7 @@ Golden: ``schedules.npz`` (README section B), arrays NCHW (3, 4, 4) per sample;
 we run NHWC and transpose.  Toy networks (as the golden generator used them):
 VAR eps(x, tau) = 0.5 x + 0.001 tau; EDM raw UNet F(u, t, y) = 0.5 u + 0.01 t.
 """
+
 import json
 import math
 
@@ -15,10 +16,9 @@ import numpy as np
 import pytest
 
 from conftest import REFERENCE, golden_path
-from dxmi_jax.policies import (DDPMAncestralPolicy, EDMPolicy, POLICY_KINDS, VARPolicy,
-                               build_policy, schedules)
+from dxmi_jax.policies import DDPMAncestralPolicy, EDMPolicy, POLICY_KINDS, VARPolicy, build_policy, schedules
 
-RTOL_CONST = 1e-6             # schedule constants (golden README B)
+RTOL_CONST = 1e-6  # schedule constants (golden README B)
 RTOL_RUN, ATOL_RUN = 1e-5, 1e-4  # toy step / rollout arrays (golden README B)
 EDM_CFG = {10: dict(rho=7.0, stochastic_last=False), 4: dict(rho=4.0, stochastic_last=True)}
 
@@ -49,8 +49,7 @@ def nhwc(a):
 
 
 def close(actual, desired, rtol=RTOL_RUN, atol=ATOL_RUN, err=""):
-  np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=rtol, atol=atol,
-                             err_msg=err)
+  np.testing.assert_allclose(np.asarray(actual), np.asarray(desired), rtol=rtol, atol=atol, err_msg=err)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +70,7 @@ def _rollout(policy, params, x0, noise, y=None):
     out = policy.step(params, x, jnp.full((b,), t, jnp.int32), eps, y)
     return out.sample, (out.sample, out.mean, out.sigma, out.log_sigma)
 
-  _, (xs, means, sigmas, logs) = jax.lax.scan(
-      body, x0, (jnp.arange(policy.num_steps, dtype=jnp.int32), noise))
+  _, (xs, means, sigmas, logs) = jax.lax.scan(body, x0, (jnp.arange(policy.num_steps, dtype=jnp.int32), noise))
   return jnp.concatenate([x0[None], xs]), means, sigmas, logs
 
 
@@ -89,11 +87,16 @@ def test_var_schedule_constants(sched, T):
   s = schedules.var_schedule(T)
   close(s.eta, g["user_defined_eta"], rtol=1e-12, atol=0)
   assert s.eta.dtype == np.float64
-  for ours, key in [(s.gamma_bar, "Gamma_bar"), (s.tau, "continuous_steps"),
-                    (s.tau, "diffusion_steps_list"), (s.x_mult, "x_prev_multiplier"),
-                    (s.eps_mult, "theta_multiplier"), (s.std, "std"),
-                    (s.log_sigma_init, "log_betas_init"),
-                    (s.velocity_scale_init[::-1], "betas_for_q_init")]:
+  for ours, key in [
+    (s.gamma_bar, "Gamma_bar"),
+    (s.tau, "continuous_steps"),
+    (s.tau, "diffusion_steps_list"),
+    (s.x_mult, "x_prev_multiplier"),
+    (s.eps_mult, "theta_multiplier"),
+    (s.std, "std"),
+    (s.log_sigma_init, "log_betas_init"),
+    (s.velocity_scale_init[::-1], "betas_for_q_init"),
+  ]:
     close(ours, g[key], rtol=RTOL_CONST, atol=0, err=key)
     assert ours.dtype == np.float32, key
   # The bisection ends at the interval bound for T = 10 and 4 (reference §3a).
@@ -127,8 +130,7 @@ def test_last_tau_is_the_official_root(sched):
   golden_tau = sched["var_T10/continuous_steps"][-1]
   assert np.float32(schedules.LAST_TAU_OFFICIAL) == golden_tau
   target = float(np.log(np.float32(1) - np.float32(schedules.BETA_START)))
-  for tau in (schedules.LAST_TAU_OFFICIAL,
-              schedules.var_schedule(10, pin_last_tau=False).tau[-1]):
+  for tau in (schedules.LAST_TAU_OFFICIAL, schedules.var_schedule(10, pin_last_tau=False).tau[-1]):
     assert abs(schedules.stirling_log_alpha_bar(float(tau)) - target) <= 2.5e-10
   unpinned = schedules.var_schedule(10, pin_last_tau=False).tau
   assert abs(float(unpinned[-1]) - float(golden_tau)) <= 1.1e-6
@@ -138,12 +140,15 @@ def test_last_tau_is_the_official_root(sched):
 @pytest.mark.parametrize("T", [10, 4])
 def test_edm_schedule_constants(sched, T):
   g = {k.split("/", 1)[1]: v for k, v in sched.items() if k.startswith(f"edm_T{T}/")}
-  assert float(g["rho"]) == EDM_CFG[T]["rho"] and bool(g["stochastic_last"]) == EDM_CFG[T][
-      "stochastic_last"]
+  assert float(g["rho"]) == EDM_CFG[T]["rho"] and bool(g["stochastic_last"]) == EDM_CFG[T]["stochastic_last"]
   s = schedules.karras_schedule(T, **EDM_CFG[T])
-  for ours, key in [(s.sigmas, "sigmas"), (s.sigma_up, "sigma_up"), (s.sigma_down, "sigma_down"),
-                    (s.log_sigma_init, "log_betas_init"),
-                    (s.velocity_scale_init, "betas_for_q_init_cond_trainer")]:
+  for ours, key in [
+    (s.sigmas, "sigmas"),
+    (s.sigma_up, "sigma_up"),
+    (s.sigma_down, "sigma_down"),
+    (s.log_sigma_init, "log_betas_init"),
+    (s.velocity_scale_init, "betas_for_q_init_cond_trainer"),
+  ]:
     close(ours, g[key], rtol=RTOL_CONST, atol=0, err=key)
   policy = EDMPolicy(ToyUNet(), T, **EDM_CFG[T])
   assert policy.prior_std == 80.0
@@ -155,8 +160,7 @@ def test_edm_schedule_constants(sched, T):
   close(jnp.exp(out.log_sigma), g["sigma_returned_init"], rtol=RTOL_CONST, atol=0)
   ref = json.loads((REFERENCE / "schedules.json").read_text())
   key = "edm_T10_rho7_deterministic_last" if T == 10 else "edm_T4_rho4_stochastic_last"
-  close(policy.net_time(jnp.arange(T)), ref[key]["c_noise=250*log(sigma_t)"], rtol=RTOL_CONST,
-        atol=0)
+  close(policy.net_time(jnp.arange(T)), ref[key]["c_noise=250*log(sigma_t)"], rtol=RTOL_CONST, atol=0)
 
 
 # ---------------------------------------------------------------------- toy step / rollout
@@ -201,7 +205,8 @@ def test_edm_step_and_rollout(sched, T):
 
     yr = jnp.asarray(g["rollout/y"], jnp.int32)
     xs, means, _, logs = jax.jit(lambda p, x0, n: _rollout(policy, p, x0, n, yr))(
-        params, jnp.asarray(nhwc(g["rollout/x0"])), jnp.asarray(nhwc(g["rollout/noise"])))
+      params, jnp.asarray(nhwc(g["rollout/x0"])), jnp.asarray(nhwc(g["rollout/noise"]))
+    )
   close(xs, nhwc(g["rollout/l_sample"]))
   close(means, nhwc(g["rollout/mean"]))
   close(jnp.exp(logs), g["rollout/sigma"])
@@ -211,8 +216,11 @@ def test_mixed_timesteps_are_per_sample(sched):
   """Shuffling (x, t) rows of a mixed batch shuffles the outputs; scalar t broadcasts."""
   g = {k.split("/", 1)[1]: v for k, v in sched.items() if k.startswith("edm_T10/")}
   policy = EDMPolicy(ToyUNet(), 10)
-  x, y, noise = (jnp.asarray(nhwc(g["step/x"])), jnp.asarray(g["step/y"], jnp.int32),
-                 jnp.asarray(nhwc(g["step/noise"])))
+  x, y, noise = (
+    jnp.asarray(nhwc(g["step/x"])),
+    jnp.asarray(g["step/y"], jnp.int32),
+    jnp.asarray(nhwc(g["step/noise"])),
+  )
   params = _init(policy, x, y)
   perm = np.array([7, 2, 9, 0, 4, 1, 8, 3, 6, 5])
   step = jax.jit(policy.step)
@@ -231,19 +239,18 @@ def test_mixed_timesteps_are_per_sample(sched):
 @pytest.mark.parametrize("kind", ["var", "edm"])
 def test_fix_last_log_sigma_gets_no_gradient(kind):
   T = 4
-  policy = VARPolicy(ToyEps(), T) if kind == "var" else EDMPolicy(ToyUNet(), T, rho=4.0,
-                                                                  stochastic_last=True)
+  policy = VARPolicy(ToyEps(), T) if kind == "var" else EDMPolicy(ToyUNet(), T, rho=4.0, stochastic_last=True)
   x = jax.random.normal(jax.random.PRNGKey(1), (T, 4, 4, 3))
   noise = jax.random.normal(jax.random.PRNGKey(2), x.shape)
   params = _init(policy, x)
 
   def loss(p):
     out = policy.step(p, x, jnp.arange(T), noise)
-    return jnp.sum(out.sample ** 2) - jnp.sum(out.log_sigma)
+    return jnp.sum(out.sample**2) - jnp.sum(out.log_sigma)
 
   grad = jax.grad(loss)(params)["log_sigma"]
   assert grad[T - 1] == 0.0
-  assert np.all(np.asarray(grad[:T - 1]) != 0.0)
+  assert np.all(np.asarray(grad[: T - 1]) != 0.0)
   np.testing.assert_array_equal(policy.trainable_log_sigma_mask, [True] * (T - 1) + [False])
 
 
@@ -262,8 +269,7 @@ def test_var_schedules_for_other_T(golden):
   assert abar[-1] <= s1000.gamma_bar[-1] <= abar[-1] * (1 + 1e-4 + 1e-5)
   for s in (schedules.var_schedule(1), schedules.var_schedule(2), s5, s1000):
     T = s.num_steps
-    for a in (s.tau, s.x_mult, s.eps_mult, s.std, s.log_sigma_init, s.ddim_x_mult,
-              s.ddim_eps_mult):
+    for a in (s.tau, s.x_mult, s.eps_mult, s.std, s.log_sigma_init, s.ddim_x_mult, s.ddim_eps_mult):
       assert a.shape == (T,) and np.all(np.isfinite(a))
     assert np.all(np.diff(s.gamma_bar) < 0) and np.all(np.diff(s.eta) > 0)
     assert np.all(np.diff(s.tau) < 0) and 0 < s.tau[-1] and s.tau[0] <= 999
@@ -276,10 +282,10 @@ def test_var_schedules_for_other_T(golden):
     nxt = np.append(cur[1:], 1.0)
     sig = s.sigma.astype(np.float64)
     np.testing.assert_allclose(s.x_mult * np.sqrt(cur), np.sqrt(nxt), rtol=1e-5)
-    np.testing.assert_allclose(s.x_mult * np.sqrt(1 - cur) + s.eps_mult,
-                               np.sqrt(np.maximum(1 - nxt - sig ** 2, 0)), atol=2e-5)
-    np.testing.assert_allclose(s.ddim_x_mult * np.sqrt(1 - cur) + s.ddim_eps_mult,
-                               np.sqrt(1 - nxt), atol=2e-5)
+    np.testing.assert_allclose(
+      s.x_mult * np.sqrt(1 - cur) + s.eps_mult, np.sqrt(np.maximum(1 - nxt - sig**2, 0)), atol=2e-5
+    )
+    np.testing.assert_allclose(s.ddim_x_mult * np.sqrt(1 - cur) + s.ddim_eps_mult, np.sqrt(1 - nxt), atol=2e-5)
 
 
 def test_ddpm_ancestral_policy():
@@ -289,8 +295,7 @@ def test_ddpm_ancestral_policy():
   # Closed form: a x_k + b e with x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) e is the
   # posterior mean  sqrt(abar_{k-1}) beta_k / (1 - abar_k) x0
   #               + sqrt(alpha_k) (1 - abar_{k-1}) / (1 - abar_k) x_k.
-  ab, al, be = (d.alpha_bar[k].astype(np.float64), d.alpha[k].astype(np.float64),
-                d.beta[k].astype(np.float64))
+  ab, al, be = (d.alpha_bar[k].astype(np.float64), d.alpha[k].astype(np.float64), d.beta[k].astype(np.float64))
   ab_prev = np.append(ab[1:], 1.0)
   x0c = s.x_mult * np.sqrt(ab)
   ec = s.x_mult * np.sqrt(1 - ab) + s.eps_mult
@@ -333,7 +338,7 @@ def test_trainable_sigma_modes():
   T = 4
   x = jnp.zeros((T, 4, 4, 3))
   s = schedules.var_schedule(T)
-  for mode, want_last in [(True, 0.001), (False, 0.001)]:
+  for mode in (True, False):
     policy = VARPolicy(ToyEps(), T, trainable_sigma=mode)
     params = _init(policy, x)
     params = {**params, "log_sigma": params["log_sigma"] + 1.0}  # moved off the schedule
@@ -343,8 +348,9 @@ def test_trainable_sigma_modes():
     assert np.asarray(policy.trainable_log_sigma_mask).all() == mode
   e = schedules.karras_schedule(10)
   policy = EDMPolicy(ToyUNet(), 10, trainable_sigma=False)
-  out = policy.step(_init(policy, jnp.zeros((10, 4, 4, 3))), jnp.zeros((10, 4, 4, 3)),
-                    jnp.arange(10), jnp.zeros((10, 4, 4, 3)))
+  out = policy.step(
+    _init(policy, jnp.zeros((10, 4, 4, 3))), jnp.zeros((10, 4, 4, 3)), jnp.arange(10), jnp.zeros((10, 4, 4, 3))
+  )
   close(out.sigma, e.sigma_up, rtol=0, atol=0)
   assert float(out.log_sigma[-1]) == pytest.approx(math.log(1e-4), rel=1e-6)
 
@@ -360,26 +366,27 @@ def test_build_policy():
   assert isinstance(p, VARPolicy) and p.sampler == "ddim"
   p = build_policy({"policy": {"kind": "ddpm"}}, ToyEps())
   assert isinstance(p, DDPMAncestralPolicy) and p.num_steps == 1000
-  p = build_policy(cfg(kind="edm", num_steps=4, rho=4.0, stochastic_last=True, sigma_min=0.002,
-                       sigma_max=80, sigma_data=0.5), ToyUNet())
+  p = build_policy(
+    cfg(kind="edm", num_steps=4, rho=4.0, stochastic_last=True, sigma_min=0.002, sigma_max=80, sigma_data=0.5),
+    ToyUNet(),
+  )
   assert isinstance(p, EDMPolicy) and p.schedule.stochastic_last and p.prior_std == 80.0
   p = build_policy(cfg(kind="residual", num_steps=5), ToyEps())
   np.testing.assert_allclose(p.init_velocity_scale(), schedules.var_schedule(5).eta[::-1])
-  assert set(POLICY_KINDS) == {"var", "ddim", "ddpm", "edm", "residual"}
-  for bad, key in [(dict(kind="foo", num_steps=4), "config.policy.kind"),
-                   (dict(kind="var"), "config.policy.num_steps"),
-                   (dict(kind="var", num_steps=0), "config.policy.num_steps"),
-                   (dict(kind="var", num_steps=2.5), "config.policy.num_steps"),
-                   (dict(kind="var", num_steps=4, trainable_sigma="yes"),
-                    "config.policy.trainable_sigma"),
-                   (dict(kind="ddim", num_steps=4, trainable_sigma=True),
-                    "config.policy.trainable_sigma"),
-                   (dict(kind="ddpm", num_steps=10), "config.policy.num_steps"),
-                   (dict(kind="edm", num_steps=4, sigma_min=-1.0), "config.policy.sigma_min"),
-                   (dict(kind="edm", num_steps=4, sigma_max=0.001), "config.policy.sigma_max"),
-                   (dict(kind="edm", num_steps=4, rho=0.0), "config.policy.rho"),
-                   (dict(kind="edm", num_steps=4, stochastic_last="no"),
-                    "config.policy.stochastic_last")]:
+  assert set(POLICY_KINDS) == {"var", "ddim", "ddpm", "edm", "residual", "ddgan"}
+  for bad, key in [
+    (dict(kind="foo", num_steps=4), "config.policy.kind"),
+    (dict(kind="var"), "config.policy.num_steps"),
+    (dict(kind="var", num_steps=0), "config.policy.num_steps"),
+    (dict(kind="var", num_steps=2.5), "config.policy.num_steps"),
+    (dict(kind="var", num_steps=4, trainable_sigma="yes"), "config.policy.trainable_sigma"),
+    (dict(kind="ddim", num_steps=4, trainable_sigma=True), "config.policy.trainable_sigma"),
+    (dict(kind="ddpm", num_steps=10), "config.policy.num_steps"),
+    (dict(kind="edm", num_steps=4, sigma_min=-1.0), "config.policy.sigma_min"),
+    (dict(kind="edm", num_steps=4, sigma_max=0.001), "config.policy.sigma_max"),
+    (dict(kind="edm", num_steps=4, rho=0.0), "config.policy.rho"),
+    (dict(kind="edm", num_steps=4, stochastic_last="no"), "config.policy.stochastic_last"),
+  ]:
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
       build_policy(cfg(**bad), ToyEps())
   with pytest.raises(ValueError, match="config.policy"):

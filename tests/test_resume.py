@@ -6,6 +6,7 @@ One uninterrupted reference run (in-process) is compared with
     for record except the wall-clock ``perf/`` fields;
   * a second in-process run of the same config: the same, i.e. reproducible.
 """
+
 import os
 import shutil
 import signal
@@ -19,11 +20,20 @@ import pytest
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import writers
 from dxmi_jax import train
-from test_train_infra import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config
+from conftest import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config
+
+#: the final evaluation's metrics (vector data), stored with the last checkpoint
+EVAL_KEYS = ("sw", "sw_std", "sw_floor", "sw_floor_std", "auc", "auc_ideal")
 
 N = 300
-RUN = dict(training__num_iters=N, training__log_every=25, training__checkpoint_every=25,
-           training__eval_every=100, training__best_metric="sw", training__keep_checkpoints=3)
+RUN = dict(
+  training__num_iters=N,
+  training__log_every=25,
+  training__checkpoint_every=25,
+  training__eval_every=100,
+  training__best_metric="sw",
+  training__keep_checkpoints=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +73,28 @@ def test_reference_run_layout_and_logging(reference):
   last = [r for r in recs if r["kind"] == "train"][-1]
   # every quantity of dxmi.iteration_metrics, vectors expanded per step, plus skips and speed
   T = 3
-  for name in ("ebm/d_loss", "ebm/pos_e", "ebm/neg_e", "ebm/reg", "ebm/grad_norm", "ebm/v_loss",
-               "sampler/sampler_loss", "sampler/causal_entropy", "sampler/running_cost", "sampler/grad_norm",
-               "weight_norm/sampler", "weight_norm/value", "nonfinite/skipped_total",
-               "perf/iters_per_sec", "perf/eta_sec",
-               *[f"{v}_{t}" for v in ("running_cost/step", "value/step", "td/v_loss", "adavelreg/beta",
-                                      "sigma/sigma") for t in range(T)]):
+  for name in (
+    "ebm/d_loss",
+    "ebm/pos_e",
+    "ebm/neg_e",
+    "ebm/reg",
+    "ebm/grad_norm",
+    "ebm/v_loss",
+    "sampler/sampler_loss",
+    "sampler/causal_entropy",
+    "sampler/running_cost",
+    "sampler/grad_norm",
+    "weight_norm/sampler",
+    "weight_norm/value",
+    "nonfinite/skipped_total",
+    "perf/iters_per_sec",
+    "perf/eta_sec",
+    *[
+      f"{v}_{t}"
+      for v in ("running_cost/step", "value/step", "td/v_loss", "adavelreg/beta", "sigma/sigma")
+      for t in range(T)
+    ],
+  ):
     assert isinstance(last[name], float), name
   assert last["nonfinite/skipped_total"] == 0
   # TensorBoard holds every logged number at the logged steps (float32 of the JSON value)
@@ -95,7 +121,7 @@ def test_finished_run_started_again_changes_nothing(reference):
   wd, final = reference
   before = (wd / "metrics.jsonl").read_bytes()
   # returns the final evaluation stored with the last checkpoint
-  assert train.run(tiny_config(**RUN), str(wd)) == {k: final[k] for k in ("sw", "sw_floor", "auc", "auc_ideal")}
+  assert train.run(tiny_config(**RUN), str(wd)) == {k: final[k] for k in EVAL_KEYS}
   assert (wd / "metrics.jsonl").read_bytes() == before
   assert ckpt_lib.committed_steps(str(wd)) == [250, 275, 300]
 
@@ -107,8 +133,9 @@ def test_sigkill_during_async_save_then_resume_is_exact(reference, tmp_path):
   ckdir = wd / "checkpoints"
   flags = cli_flags(**RUN)
   env = subprocess_env()
-  proc = subprocess.Popen(main_cmd(wd, *flags), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    main_cmd(wd, *flags), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
   # kill while a save is being written (its temporary folder exists) after at least one commit
   deadline = time.time() + 240
   caught_tmp = False
@@ -156,5 +183,6 @@ def test_same_config_reproduces_exactly(reference, tmp_path):
   again = train.run(tiny_config(**RUN), str(tmp_path))
   _assert_same_records(ref, tmp_path)
   _assert_same_state(ref, tmp_path)
-  assert {k: v for k, v in again.items() if not k.startswith("perf/")} == \
-      {k: v for k, v in final.items() if not k.startswith("perf/")}
+  assert {k: v for k, v in again.items() if not k.startswith("perf/")} == {
+    k: v for k, v in final.items() if not k.startswith("perf/")
+  }

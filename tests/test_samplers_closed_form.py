@@ -6,6 +6,7 @@ ancestral sampler with it must reproduce std s; the few-step VAR chains start at
 abar = Gamma_bar[T-1] (not abar_999) and take coarse steps, so they shrink the
 variance, less so the more steps they take.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,6 @@ S = 0.5
 
 
 class OptimalEps(nn.Module):
-
   @nn.compact
   def __call__(self, x, t, y=None, deterministic=True):
     self.param("unused", nn.initializers.zeros, (1,))
@@ -29,7 +29,7 @@ class OptimalEps(nn.Module):
     hi = jnp.minimum(lo + 1, 999)
     w = k - lo
     a = jnp.exp((1 - w) * jnp.log(abar[lo]) + w * jnp.log(abar[hi]))[:, None]
-    return jnp.sqrt(1 - a) * x / (a * S ** 2 + 1 - a)
+    return jnp.sqrt(1 - a) * x / (a * S**2 + 1 - a)
 
 
 def _std(policy, n=20000):
@@ -49,4 +49,4 @@ def test_var_chains_shrink_less_with_more_steps():
   assert stds[0] < stds[1] < stds[2] < S * 1.02, stds
   np.testing.assert_allclose(stds[2], S, rtol=0.06)
   ddim = _std(VARPolicy(OptimalEps(), 10, trainable_sigma=False, sampler="ddim"))
-  assert stds[1] < ddim < S, (stds[1], ddim)   # deterministic DDIM on the same schedule: closer
+  assert stds[1] < ddim < S, (stds[1], ddim)  # deterministic DDIM on the same schedule: closer

@@ -1,79 +1,28 @@
 """Training infrastructure: non-finite handling, checkpoint safety, writers.
 
-Also holds the helpers the other train-infrastructure tests share (tiny config,
-CLI flags, subprocess environment).  The 2D problem at T=3 with 16-wide MLPs and
+The helpers the train-infrastructure tests share (tiny config, CLI flags,
+subprocess environment) are in conftest.py.  The 2D problem at T=3 with 16-wide MLPs and
 batch 64 compiles in seconds; every run here is in-process except where the CLI
 or a real process kill is the point.
 """
+
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, parallel, train, writers
 
-# ------------------------------------------------------------------ helpers
-TINY = {
-    "policy.net.hidden": (16, 16), "value.hidden": (16, 16), "training.batch_size": 64,
-    "policy.num_steps": 3, "eval.num_samples": 1000, "eval.sw_projections": 100,
-    "training.log_every": 25, "training.checkpoint_every": 25,
-}
-
-
-def overrides(**over):
-  """TINY plus keyword overrides written with "__" for "." (training__num_iters=10)."""
-  out = dict(TINY)
-  out.update({k.replace("__", "."): v for k, v in over.items()})
-  return out
-
-
-def tiny_config(**over):
-  if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # configs/ is a top-level folder of the checkout
-  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
-  c = gaussians2d.get_config()
-  for key, value in overrides(**over).items():
-    node = c
-    *path, last = key.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return c
-
-
-def cli_flags(**over):
-  """The same overrides as main.py flags."""
-  def fmt(v):
-    if isinstance(v, tuple):
-      return "(" + ",".join(str(x) for x in v) + ")"
-    return str(v)
-  return ["--config=configs/gaussians2d.py"] + [f"--config.{k}={fmt(v)}" for k, v in overrides(**over).items()]
-
-
-def subprocess_env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-             PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)
-  env.update(extra)
-  return env
-
-
-def main_cmd(workdir, *flags):
-  return [sys.executable, str(REPO / "main.py"), f"--workdir={workdir}", *flags]
-
-
-def records(workdir):
-  return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+from conftest import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config  # noqa: E402,F401
 
 
 def huge_npy(path, n, bad_rows):
   """(n, 2) points from 8gaussians with ``bad_rows`` rows at 1e20: their energies overflow float32."""
   from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
+
   x = toy2d.sample2d("8gaussians", n, np.random.default_rng(0))
   x[np.asarray(bad_rows, int)] = 1e20
   np.save(path, x)
@@ -101,8 +50,9 @@ def test_nonfinite_iteration_is_skipped_counted_and_recovers(tmp_path):
   assert int(after.nonfinite_mask) & 1  # bit 0 = ebm/d_loss
   state, m = step(state, good(2))
   assert int(state.consecutive_skips) == 0 and int(state.max_skip_run) == 1 and int(state.skipped) == 1
-  assert not np.array_equal(np.asarray(state.value.params["dense_0"]["kernel"]),
-                            after.value.params["dense_0"]["kernel"])
+  assert not np.array_equal(
+    np.asarray(state.value.params["dense_0"]["kernel"]), after.value.params["dense_0"]["kernel"]
+  )
   with pytest.raises(train.TrainingError, match="1 consecutive iterations had non-finite values in ebm/d_loss"):
     train._check_skips(after, 1, 2)  # pylint: disable=protected-access
 
@@ -110,8 +60,14 @@ def test_nonfinite_iteration_is_skipped_counted_and_recovers(tmp_path):
 def test_occasional_bad_batches_are_logged_and_the_run_finishes(tmp_path):
   # 3 bad rows among 1000: about 18% of the 64-row batches contain one
   path = huge_npy(tmp_path / "pts.npy", 1000, [5, 500, 900])
-  c = tiny_config(data__name="npy", data__path=path, training__num_iters=40, training__log_every=10,
-                  training__checkpoint_every=20, training__max_consecutive_skips=5)
+  c = tiny_config(
+    data__name="npy",
+    data__path=path,
+    training__num_iters=40,
+    training__log_every=10,
+    training__checkpoint_every=20,
+    training__max_consecutive_skips=5,
+  )
   wd = tmp_path / "wd"
   train.run(c, str(wd))
   train_recs = [r for r in records(wd) if r["kind"] == "train"]
@@ -133,8 +89,14 @@ def test_occasional_bad_batches_are_logged_and_the_run_finishes(tmp_path):
 
 def test_consecutive_non_finite_iterations_stop_the_run(tmp_path):
   path = huge_npy(tmp_path / "pts.npy", 200, np.arange(200))
-  c = tiny_config(data__name="npy", data__path=path, training__num_iters=50, training__log_every=10,
-                  training__checkpoint_every=10, training__max_consecutive_skips=4)
+  c = tiny_config(
+    data__name="npy",
+    data__path=path,
+    training__num_iters=50,
+    training__log_every=10,
+    training__checkpoint_every=10,
+    training__max_consecutive_skips=4,
+  )
   wd = tmp_path / "wd"
   with pytest.raises(train.TrainingError) as err:
     train.run(c, str(wd))
@@ -154,7 +116,7 @@ def test_non_finite_state_is_never_checkpointed(tmp_path):
   with pytest.raises(ckpt_lib.NonFiniteStateError, match=r"step 2: non-finite values in state\['w'\]"):
     ck.save(2, bad)
   # through the loop's save: a TrainingError pointing at the last good checkpoint
-  exp = type("E", (), {"config": tiny_config()})()
+  exp = experiment.build(tiny_config())
   with pytest.raises(train.TrainingError, match="last good checkpoint is step 1"):
     train._save(ck, exp, 3, {"w": jnp.array([jnp.inf, 0.0, 0.0])}, {})  # pylint: disable=protected-access
   ck.close()
@@ -197,8 +159,7 @@ def test_best_checkpoint_follows_metric_direction(tmp_path):
   for spec, best in (("sw", 2), ("auc", 3)):
     wd = tmp_path / spec
     ck = ckpt_lib.Checkpointer(str(wd), keep=1, best_metric=spec, async_save=False)
-    for step, m in ((1, {"sw": 0.5, "auc": 0.6}), (2, {"sw": 0.2, "auc": 0.5}), (3, {"sw": 0.3, "auc": 0.9}),
-                    (4, {})):
+    for step, m in ((1, {"sw": 0.5, "auc": 0.6}), (2, {"sw": 0.2, "auc": 0.5}), (3, {"sw": 0.3, "auc": 0.9}), (4, {})):
       ck.save(step, tree, metrics=m)
     ck.close()
     assert ckpt_lib.committed_steps(str(wd)) == [4]  # keep=1 of the latest
@@ -230,8 +191,12 @@ def test_metrics_jsonl_truncation_and_torn_lines(tmp_path):
   assert recs[0]["bad"] is None
   assert writers.comparable(recs[0]) == {"step": 1, "kind": "train", "loss": 1.0, "bad": None}
   w.truncate_after(20)
-  assert [(r["step"], r["kind"]) for r in writers.read_jsonl(str(tmp_path / "metrics.jsonl"))] == \
-      [(1, "train"), (10, "train"), (20, "train"), (20, "eval")]
+  assert [(r["step"], r["kind"]) for r in writers.read_jsonl(str(tmp_path / "metrics.jsonl"))] == [
+    (1, "train"),
+    (10, "train"),
+    (20, "train"),
+    (20, "eval"),
+  ]
   w.close()
 
 
@@ -244,6 +209,7 @@ def test_tensorboard_reader_round_trip_and_purge(tmp_path):
   tb = writers.read_tensorboard_scalars(str(tmp_path / "tensorboard"))
   assert tb["a/b"] == [(s, s * 1.5) for s in range(1, 6)] and tb["eval/sw"] == [(5, 0.25)]
   import time  # pylint: disable=import-outside-toplevel
+
   time.sleep(1.1)  # event files are named by the second they were opened
   w = writers.MetricWriter(str(tmp_path), purge_step=3)  # resumed from step 2
   for s in (3, 4):

@@ -18,6 +18,7 @@ with scikit-learn, no download) with 17 grey levels 0..16 and labels 0..9 (class
   covered by the digit but makes the data exactly block-constant.
 * Layout: HWC with one channel, ``(image_size, image_size, 1)``.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -36,6 +37,7 @@ RESIZES = ("pad", "nearest")
 @lru_cache(maxsize=1)
 def _load() -> tuple[np.ndarray, np.ndarray]:
   from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
   digits = load_digits()
   return np.asarray(digits.images), np.asarray(digits.target)
 
@@ -48,7 +50,7 @@ def digits_split_indices(split: str) -> np.ndarray:
   is_test = np.zeros(targets.shape[0], dtype=bool)
   for c in np.unique(targets):
     members = np.flatnonzero(targets == c)
-    is_test[members[TEST_EVERY - 1::TEST_EVERY]] = True
+    is_test[members[TEST_EVERY - 1 :: TEST_EVERY]] = True
   return np.flatnonzero(is_test if split == "test" else ~is_test)
 
 
@@ -57,8 +59,7 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
   return np.rint(np.asarray(values, dtype=np.float64) * (255.0 / GREY_LEVELS)).astype(np.uint8)
 
 
-def digits_arrays(split: str, image_size: int = NATIVE_SIZE, *, resize: str = "pad"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays(split: str, image_size: int = NATIVE_SIZE, *, resize: str = "pad") -> tuple[np.ndarray, np.ndarray]:
   """The ``split`` images as uint8 ``(N, image_size, image_size, 1)`` and labels as int64 ``(N,)``."""
   if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)):
     raise ValueError(f"digits image_size (config.data.image_size) must be an integer, got {image_size!r}")
@@ -73,8 +74,10 @@ def digits_arrays(split: str, image_size: int = NATIVE_SIZE, *, resize: str = "p
   if image_size != NATIVE_SIZE:
     if resize == "pad":
       if (image_size - NATIVE_SIZE) % 2:
-        raise ValueError(f"digits image_size {image_size} with resize='pad' must be 8 + an even number "
-                         f"(e.g. 16) so the digit is centred")
+        raise ValueError(
+          f"digits image_size {image_size} with resize='pad' must be 8 + an even number "
+          f"(e.g. 16) so the digit is centred"
+        )
       m = (image_size - NATIVE_SIZE) // 2
       images = np.pad(images, ((0, 0), (m, m), (m, m)), constant_values=0)
     else:

@@ -20,6 +20,7 @@ Which source reproduces which official data pipeline (reference §5, data row):
   ADM's center crop is the identity; on raw LSUN images pass ``preprocessing="center_crop"`` to apply that
   export step on the fly.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,21 +35,21 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
 PREPROCESSINGS = ("adm_center_crop", "center_crop", "resize")
 
 _FOLDER_LAYOUT = (
-    "Expected layout: an ImageNet train folder root/<synset>/<synset>_<n>.JPEG "
-    "(e.g. root/n01440764/n01440764_10026.JPEG; class_cond=True takes the label from the file-name prefix), "
-    "or, for LSUN and other unconditional data, a flat or nested folder of ."
-    + "/.".join(IMAGE_EXTENSIONS) + " files (extensions are matched case-insensitively).")
+  "Expected layout: an ImageNet train folder root/<synset>/<synset>_<n>.JPEG "
+  "(e.g. root/n01440764/n01440764_10026.JPEG; class_cond=True takes the label from the file-name prefix), "
+  "or, for LSUN and other unconditional data, a flat or nested folder of ."
+  + "/.".join(IMAGE_EXTENSIONS)
+  + " files (extensions are matched case-insensitively)."
+)
 
 
 @runtime_checkable
 class ImageSource(Protocol):
   """What `ImageLoader` reads: random access to uint8 HWC images and integer labels."""
 
-  def __len__(self) -> int:
-    ...
+  def __len__(self) -> int: ...
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    ...
+  def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
 def _check_image_size(image_size: Any, option: str) -> int:
@@ -65,7 +66,7 @@ def _check_image_size(image_size: Any, option: str) -> int:
 def _crop_center(arr: np.ndarray, image_size: int) -> np.ndarray:
   top = (arr.shape[0] - image_size) // 2
   left = (arr.shape[1] - image_size) // 2
-  return arr[top:top + image_size, left:left + image_size]
+  return arr[top : top + image_size, left : left + image_size]
 
 
 def adm_center_crop(image: Image.Image, image_size: int) -> np.ndarray:
@@ -116,9 +117,9 @@ def plain_resize(image: Image.Image, image_size: int) -> np.ndarray:
 
 
 _PREPROCESS_FNS = {
-    "adm_center_crop": adm_center_crop,
-    "center_crop": box_center_crop,
-    "resize": plain_resize,
+  "adm_center_crop": adm_center_crop,
+  "center_crop": box_center_crop,
+  "resize": plain_resize,
 }
 
 
@@ -156,13 +157,13 @@ class ArraySource:
   def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
-      raise ValueError(f"ArraySource expects uint8 images of shape (N, H, W, C), got {images.dtype} "
-                       f"{images.shape}")
+      raise ValueError(f"ArraySource expects uint8 images of shape (N, H, W, C), got {images.dtype} {images.shape}")
     if labels is not None:
       labels = np.asarray(labels)
       if labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"ArraySource labels must be integers of shape ({images.shape[0]},), got "
-                         f"{labels.dtype} {labels.shape}")
+        raise ValueError(
+          f"ArraySource labels must be integers of shape ({images.shape[0]},), got {labels.dtype} {labels.shape}"
+        )
     self.images = images
     self.labels = labels
 
@@ -205,8 +206,14 @@ class FolderSource:
     classes: sorted class names (label k is classes[k]), or None.
   """
 
-  def __init__(self, files: Sequence[str], image_size: int, preprocessing: str,
-               labels: np.ndarray | None = None, classes: Sequence[str] | None = None):
+  def __init__(
+    self,
+    files: Sequence[str],
+    image_size: int,
+    preprocessing: str,
+    labels: np.ndarray | None = None,
+    classes: Sequence[str] | None = None,
+  ):
     if preprocessing not in PREPROCESSINGS:
       raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}")
     self.files = list(files)
@@ -233,8 +240,14 @@ class FolderSource:
     return {"image": arr, "label": label}
 
 
-def folder_source(root: str | os.PathLike, image_size: int, preprocessing: str = "adm_center_crop",
-                  class_cond: bool = False, *, label_from: str = "filename") -> FolderSource:
+def folder_source(
+  root: str | os.PathLike,
+  image_size: int,
+  preprocessing: str = "adm_center_crop",
+  class_cond: bool = False,
+  *,
+  label_from: str = "filename",
+) -> FolderSource:
   """A source over a folder of images: the ImageNet train folders (ADM preprocessing) or LSUN.
 
   Labels (``class_cond=True``), as the official loader (``models/cm/dxmi_util.load_data``) derives them:
@@ -268,27 +281,31 @@ def folder_source(root: str | os.PathLike, image_size: int, preprocessing: str =
     raise ValueError(f"label_from must be 'filename' or 'directory', got {label_from!r}")
   root = os.fspath(root)
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"image folder {root!r} (config.data.path) does not exist or is not a "
-                            f"directory. {_FOLDER_LAYOUT}")
+    raise FileNotFoundError(
+      f"image folder {root!r} (config.data.path) does not exist or is not a directory. {_FOLDER_LAYOUT}"
+    )
   files = list_image_files(root)
   if not files:
-    raise FileNotFoundError(f"image folder {root!r} (config.data.path) contains no image files. "
-                            f"{_FOLDER_LAYOUT}")
+    raise FileNotFoundError(f"image folder {root!r} (config.data.path) contains no image files. {_FOLDER_LAYOUT}")
   labels = classes = None
   if class_cond:
     if label_from == "filename":
       names = [os.path.basename(f).split("_")[0] for f in files]
       bad = [f for f in files if "_" not in os.path.basename(f)]
       if bad:
-        raise ValueError(f"class_cond=True takes each label from the file-name prefix before '_', but "
-                         f"{len(bad)} file(s) have no '_' (e.g. {bad[0]!r}). {_FOLDER_LAYOUT} Use "
-                         f"label_from='directory' to take labels from the parent folder names instead.")
+        raise ValueError(
+          f"class_cond=True takes each label from the file-name prefix before '_', but "
+          f"{len(bad)} file(s) have no '_' (e.g. {bad[0]!r}). {_FOLDER_LAYOUT} Use "
+          f"label_from='directory' to take labels from the parent folder names instead."
+        )
     else:
       names = [os.path.basename(os.path.dirname(f)) for f in files]
       top = [f for f in files if os.path.dirname(f) == root]
       if top:
-        raise ValueError(f"label_from='directory' needs every image inside a class folder, but "
-                         f"{len(top)} file(s) lie directly in {root!r} (e.g. {top[0]!r}). {_FOLDER_LAYOUT}")
+        raise ValueError(
+          f"label_from='directory' needs every image inside a class folder, but "
+          f"{len(top)} file(s) lie directly in {root!r} (e.g. {top[0]!r}). {_FOLDER_LAYOUT}"
+        )
     classes = sorted(set(names))
     index = {name: i for i, name in enumerate(classes)}
     labels = np.array([index[n] for n in names], dtype=np.int64)
@@ -302,16 +319,20 @@ def folder_source(root: str | os.PathLike, image_size: int, preprocessing: str =
 
 def _prepare_hint(name: str, data_dir: str) -> str:
   build = f"tfds build {name} --data_dir={data_dir} --file_format=array_record"
-  hint = (f"Prepare it once with `{build}` (building needs TensorFlow, e.g. `pip install tensorflow-cpu` in "
-          f"any environment; reading it back here does not), then point config.data.tfds_data_dir at "
-          f"{data_dir!r}.")
+  hint = (
+    f"Prepare it once with `{build}` (building needs TensorFlow, e.g. `pip install tensorflow-cpu` in "
+    f"any environment; reading it back here does not), then point config.data.tfds_data_dir at "
+    f"{data_dir!r}."
+  )
   if name.startswith("imagenet_resized"):
-    hint += (" imagenet_resized downloads Chrabaszcz et al.'s Imagenet64_train_part{1,2}_npz.zip and "
-             "Imagenet64_val_npz.zip from https://image-net.org/data/downsample/, which needs an ImageNet "
-             "account: if the download is refused, log in to image-net.org, download those files by hand "
-             "and put them in <data_dir>/downloads/manual/ or pass them with --manual_dir. Note that these "
-             "are box-resized, uncropped images; the official DxMI ImageNet-64 data is the ILSVRC train "
-             "folder with ADM center cropping (folder_source, config.data.path).")
+    hint += (
+      " imagenet_resized downloads Chrabaszcz et al.'s Imagenet64_train_part{1,2}_npz.zip and "
+      "Imagenet64_val_npz.zip from https://image-net.org/data/downsample/, which needs an ImageNet "
+      "account: if the download is refused, log in to image-net.org, download those files by hand "
+      "and put them in <data_dir>/downloads/manual/ or pass them with --manual_dir. Note that these "
+      "are box-resized, uncropped images; the official DxMI ImageNet-64 data is the ILSVRC train "
+      "folder with ADM center cropping (folder_source, config.data.path)."
+    )
   return hint
 
 
@@ -324,8 +345,14 @@ class TfdsSource:
     num_classes: number of classes (0 without labels).
   """
 
-  def __init__(self, data_source: Any, name: str, image_size: int | None = None,
-               label_map: np.ndarray | None = None, num_classes: int = 0):
+  def __init__(
+    self,
+    data_source: Any,
+    name: str,
+    image_size: int | None = None,
+    label_map: np.ndarray | None = None,
+    num_classes: int = 0,
+  ):
     self.data_source = data_source
     self.name = name
     self.image_size = image_size
@@ -349,8 +376,9 @@ class TfdsSource:
     return {"image": image, "label": label}
 
 
-def tfds_source(name: str, split: str, data_dir: str | None = None, image_size: int | None = None, *,
-                synset_order_labels: bool = True) -> TfdsSource:
+def tfds_source(
+  name: str, split: str, data_dir: str | None = None, image_size: int | None = None, *, synset_order_labels: bool = True
+) -> TfdsSource:
   """A random-access source over an *already prepared* TFDS data set (no download, no TensorFlow).
 
   Reads through ``tfds.data_source``, which needs the array_record (or parquet) file format. Images come back
@@ -377,8 +405,10 @@ def tfds_source(name: str, split: str, data_dir: str | None = None, image_size: 
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("tfds_source needs tensorflow-datasets (`pip install tensorflow-datasets`); "
-                      "TensorFlow itself is not needed to read prepared data") from e
+    raise ImportError(
+      "tfds_source needs tensorflow-datasets (`pip install tensorflow-datasets`); "
+      "TensorFlow itself is not needed to read prepared data"
+    ) from e
   if image_size is not None:
     image_size = _check_image_size(image_size, "image_size (config.data.image_size)")
   data_dir = data_dir or None  # config.data.tfds_data_dir = "" means the TFDS default
@@ -392,18 +422,22 @@ def tfds_source(name: str, split: str, data_dir: str | None = None, image_size: 
     root = str(builder.data_dir_root) if hasattr(builder, "data_dir_root") else str(data_dir)
     if not builder.is_prepared():
       raise FileNotFoundError(
-          f"TFDS data set {name!r} is not prepared under {root!r} (looked for {builder.data_dir}). "
-          + _prepare_hint(name, root)) from e
+        f"TFDS data set {name!r} is not prepared under {root!r} (looked for {builder.data_dir}). "
+        + _prepare_hint(name, root)
+      ) from e
     fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
     if fmt not in ("array_record", "parquet"):
       raise ValueError(
-          f"TFDS data set {name!r} at {builder.data_dir} was prepared in the {fmt!r} file format, which has no "
-          f"random access. Convert it in place with `tfds convert_format --dataset_version_dir="
-          f"{builder.data_dir} --out_file_format=array_record` (needs TensorFlow), or rebuild it: "
-          + _prepare_hint(name, root)) from e
+        f"TFDS data set {name!r} at {builder.data_dir} was prepared in the {fmt!r} file format, which has no "
+        f"random access. Convert it in place with `tfds convert_format --dataset_version_dir="
+        f"{builder.data_dir} --out_file_format=array_record` (needs TensorFlow), or rebuild it: "
+        + _prepare_hint(name, root)
+      ) from e
     available = sorted(builder.info.splits.keys())
-    raise ValueError(f"could not open split {split!r} of TFDS data set {name!r} at {builder.data_dir} "
-                     f"(available splits: {available}): {e}") from e
+    raise ValueError(
+      f"could not open split {split!r} of TFDS data set {name!r} at {builder.data_dir} "
+      f"(available splits: {available}): {e}"
+    ) from e
   label_map = None
   num_classes = 0
   features = builder.info.features

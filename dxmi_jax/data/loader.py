@@ -17,6 +17,7 @@ shuffling, which deals each rank a strided share of the permutation; torchvision
 flips): the distribution of batches is the same (uniform without replacement within an epoch, last partial
 batch dropped, flip probability 1/2).
 """
+
 from __future__ import annotations
 
 import collections
@@ -64,27 +65,36 @@ class ImageLoader:
     prefetch: batches `iterate` prepares ahead in its background thread.
   """
 
-  def __init__(self, source: Any, global_batch_size: int, seed: int, *, random_flip: bool = False,
-               shuffle: bool = True, drop_remainder: bool = True, process_index: int | None = None,
-               process_count: int | None = None, num_workers: int | None = None, prefetch: int = 2):
+  def __init__(
+    self,
+    source: Any,
+    global_batch_size: int,
+    seed: int,
+    *,
+    random_flip: bool = False,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_workers: int | None = None,
+    prefetch: int = 2,
+  ):
     self.source = source
     self.global_batch_size = _as_int(global_batch_size, "global batch size (config.training.batch_size)", 1)
     self.seed = _as_int(seed, "loader seed (config.training.seed)", 0)
     self.random_flip = bool(random_flip)
     self.shuffle = bool(shuffle)
     self.drop_remainder = bool(drop_remainder)
-    self.process_count = _as_int(jax.process_count() if process_count is None else process_count,
-                                 "process_count", 1)
-    self.process_index = _as_int(jax.process_index() if process_index is None else process_index,
-                                 "process_index", 0)
+    self.process_count = _as_int(jax.process_count() if process_count is None else process_count, "process_count", 1)
+    self.process_index = _as_int(jax.process_index() if process_index is None else process_index, "process_index", 0)
     if self.process_index >= self.process_count:
-      raise ValueError(f"process_index {self.process_index} is not below process_count "
-                       f"{self.process_count}")
+      raise ValueError(f"process_index {self.process_index} is not below process_count {self.process_count}")
     if self.global_batch_size % self.process_count:
       raise ValueError(
-          f"config.training.batch_size = {self.global_batch_size} is the global batch size and must be "
-          f"divisible by the number of processes ({self.process_count}); each process loads "
-          f"batch_size / process_count examples")
+        f"config.training.batch_size = {self.global_batch_size} is the global batch size and must be "
+        f"divisible by the number of processes ({self.process_count}); each process loads "
+        f"batch_size / process_count examples"
+      )
     self.local_batch_size = self.global_batch_size // self.process_count
     if num_workers is None:
       num_workers = min(8, os.cpu_count() or 1)
@@ -97,8 +107,9 @@ class ImageLoader:
     if self.drop_remainder:
       if self.num_examples < self.global_batch_size:
         raise ValueError(
-            f"config.training.batch_size = {self.global_batch_size} exceeds the data set size "
-            f"({self.num_examples}); with drop_remainder=True an epoch would hold no batch")
+          f"config.training.batch_size = {self.global_batch_size} exceeds the data set size "
+          f"({self.num_examples}); with drop_remainder=True an epoch would hold no batch"
+        )
       self.steps_per_epoch = self.num_examples // self.global_batch_size
     else:
       self.steps_per_epoch = -(-self.num_examples // self.global_batch_size)
@@ -144,8 +155,7 @@ class ImageLoader:
       return [getitem(int(i)) for i in indices]
     with self._pool_lock:
       if self._pool is None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(self.num_workers,
-                                                           thread_name_prefix="dxmi-decode")
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, thread_name_prefix="dxmi-decode")
       pool = self._pool
     return list(pool.map(getitem, [int(i) for i in indices]))
 
@@ -163,8 +173,10 @@ class ImageLoader:
       if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"source item {index} has image {image.dtype} {image.shape}; expected uint8 HWC")
       if images and image.shape != images[0].shape:
-        raise ValueError(f"source item {index} has image shape {image.shape}, but the batch so far has "
-                         f"{images[0].shape}; give the source an image_size so all images match")
+        raise ValueError(
+          f"source item {index} has image shape {image.shape}, but the batch so far has "
+          f"{images[0].shape}; give the source an image_size so all images match"
+        )
       images.append(image)
     images = np.stack(images)
     if flips.any():

@@ -9,6 +9,7 @@ Batches are a pure function of (seed, step) so a run resumes exactly from its st
 * ``npy``: an (N, D) float array from ``config.data.path``; batches are drawn by
   per-epoch permutations.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,7 @@ def sample2d(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
   if name == "2spirals":
     half = n // 2
     r = np.sqrt(rng.random((n - half, 1))) * 540.0 * (2.0 * math.pi) / 360.0
-    arm = np.hstack([-np.cos(r) * r + 0.5 * rng.random((n - half, 1)),
-                     np.sin(r) * r + 0.5 * rng.random((n - half, 1))])
+    arm = np.hstack([-np.cos(r) * r + 0.5 * rng.random((n - half, 1)), np.sin(r) * r + 0.5 * rng.random((n - half, 1))])
     pts = np.vstack([arm, -arm[:half]]) / 3.0
     pts = pts + 0.1 * rng.standard_normal(pts.shape)
     return pts[rng.permutation(n)].astype(np.float32)
@@ -50,7 +50,7 @@ def log_density_8gaussians(x: np.ndarray) -> np.ndarray:
   centres = _CENTRES_8G / _SCALE_8G
   std = 0.5 / _SCALE_8G
   d2 = np.sum((x[:, None, :] - centres[None]) ** 2, -1)
-  return logsumexp(-d2 / (2 * std ** 2), axis=1) - math.log(8) - math.log(2 * math.pi * std ** 2)
+  return logsumexp(-d2 / (2 * std**2), axis=1) - math.log(8) - math.log(2 * math.pi * std**2)
 
 
 def load_npy(path: str) -> np.ndarray:
@@ -64,8 +64,9 @@ def load_npy(path: str) -> np.ndarray:
   except Exception as e:  # numpy raises several types for corrupt files
     raise ValueError(f"config.data.path: {path} is not a readable .npy file ({e})") from e
   if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[0] < 2 or arr.shape[1] < 1:
-    raise ValueError(f"config.data.path: {path} must hold an (N, D) array with N >= 2, got shape "
-                     f"{getattr(arr, 'shape', None)}")
+    raise ValueError(
+      f"config.data.path: {path} must hold an (N, D) array with N >= 2, got shape {getattr(arr, 'shape', None)}"
+    )
   if not np.issubdtype(arr.dtype, np.number):
     raise ValueError(f"config.data.path: {path} must hold numbers, got dtype {arr.dtype}")
   arr = arr.astype(np.float32)
@@ -92,11 +93,11 @@ class VectorData:
       return sample2d(self.name, size, np.random.default_rng((self.seed, 1, step)))
     n = self.points.shape[0]
     first, last = step * size, (step + 1) * size
-    idx = np.concatenate([
-        np.random.default_rng((self.seed, 2, epoch)).permutation(n)
-        for epoch in range(first // n, (last - 1) // n + 1)])
+    idx = np.concatenate(
+      [np.random.default_rng((self.seed, 2, epoch)).permutation(n) for epoch in range(first // n, (last - 1) // n + 1)]
+    )
     offset = first - (first // n) * n
-    return self.points[idx[offset: offset + size]]
+    return self.points[idx[offset : offset + size]]
 
   def sample(self, n: int, seed: int) -> np.ndarray:
     """n reference points (held out from the training stream by the seed tag)."""

@@ -28,13 +28,13 @@ classifier.
 Inputs are uint8 NHWC ``(N, 8, 8, 1)`` images (what ``samples.to_uint8`` gives), mapped to
 [-1, 1] exactly as the data loader maps the training images.
 """
+
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
 import os
-import tempfile
 from typing import Any, Dict, Optional
 
 import flax.linen as nn
@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dxmi_jax import io
 from dxmi_jax.data import digits as digits_data
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.metrics import fid as fid_lib
@@ -53,12 +54,14 @@ FEATURE_DIM = 64
 IMAGE_SHAPE = (digits_data.NATIVE_SIZE, digits_data.NATIVE_SIZE, 1)
 
 #: everything that determines the trained weights (part of the cache file's name)
-RECIPE = dict(version=1, widths=(32, 64), feature_dim=FEATURE_DIM, lr=1e-3, epochs=30, batch=64,
-              shift=1, seed=0, split="train")
+RECIPE = dict(
+  version=1, widths=(32, 64), feature_dim=FEATURE_DIM, lr=1e-3, epochs=30, batch=64, shift=1, seed=0, split="train"
+)
 
 
 class DigitsCNN(nn.Module):
   """The classifier; ``__call__`` returns (logits (N, 10), penultimate features (N, 64))."""
+
   widths: tuple = (32, 64)
   feature_dim: int = FEATURE_DIM
 
@@ -76,10 +79,10 @@ def to_float(images_uint8: Any) -> np.ndarray:
   x = np.asarray(images_uint8)
   if x.dtype != np.uint8:
     raise features_lib.EvaluationInputError(
-        f"digits metric: expected uint8 images (use samples.to_uint8 first), got dtype {x.dtype}")
+      f"digits metric: expected uint8 images (use samples.to_uint8 first), got dtype {x.dtype}"
+    )
   if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-    raise features_lib.EvaluationInputError(
-        f"digits metric: expected images of shape (N, 8, 8, 1), got {x.shape}")
+    raise features_lib.EvaluationInputError(f"digits metric: expected images of shape (N, 8, 8, 1), got {x.shape}")
   return x.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
@@ -110,6 +113,7 @@ def train_classifier(recipe: Optional[Dict] = None) -> Dict:
     def loss_fn(p):
       logits, _ = model.apply({"params": p}, x)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
     grads = jax.grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
@@ -119,23 +123,25 @@ def train_classifier(recipe: Optional[Dict] = None) -> Dict:
   for _ in range(r["epochs"]):
     order = rng.permutation(n)
     for i in range(n // b):  # drop the last partial batch: one compiled shape
-      idx = order[i * b:(i + 1) * b]
+      idx = order[i * b : (i + 1) * b]
       x = _shift(x_all[idx], rng, r["shift"]) if r["shift"] else x_all[idx]
       params, opt_state = step(params, opt_state, jnp.asarray(x), jnp.asarray(y_all[idx]))
   return jax.device_get(params)
 
 
 def _cache_path(cache_dir: Optional[str]) -> str:
-  folder = cache_dir or os.environ.get("DXMI_CACHE_DIR") or os.path.join(
-      os.path.expanduser("~"), ".cache", "dxmi_jax")
+  folder = cache_dir or os.environ.get("DXMI_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "dxmi_jax")
   digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
   return os.path.join(folder, f"digits_classifier_{digest}.npz")
 
 
 def _flatten(params) -> Dict[str, np.ndarray]:
-  return {"/".join(k): np.asarray(v) for k, v in
-          ((tuple(str(getattr(p, "key", p)) for p in path), v)
-           for path, v in jax.tree_util.tree_flatten_with_path(params)[0])}
+  return {
+    "/".join(k): np.asarray(v)
+    for k, v in (
+      (tuple(str(getattr(p, "key", p)) for p in path), v) for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+    )
+  }
 
 
 def _unflatten(flat: Dict[str, np.ndarray]) -> Dict:
@@ -165,22 +171,14 @@ class DigitsClassifier:
       with np.load(path) as z:
         return cls(_unflatten(dict(z)))
     params = train_classifier()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
-      np.savez(tmp, **_flatten(params))
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    io.atomic_savez(path, **_flatten(params))
     return cls(params)
 
   def logits_and_features(self, images_uint8: Any, batch_size: int = 1000):
     x = to_float(images_uint8)
     logits, feats = [], []
     for i in range(0, x.shape[0], batch_size):
-      chunk = x[i:i + batch_size]
+      chunk = x[i : i + batch_size]
       n = chunk.shape[0]
       if n < batch_size and x.shape[0] > batch_size:  # pad to one compiled shape
         chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + IMAGE_SHAPE, np.float32)])
@@ -218,10 +216,15 @@ def metric_from_features(feats, predicted, ref_feats, ref_class_freq) -> Dict[st
   fd = fid_lib.frechet_distance(s.mean, s.covariance, r.mean, r.covariance)
   pr = pr_lib.precision_recall(ref_feats, feats)
   hist = np.bincount(np.asarray(predicted), minlength=NUM_CLASSES) / len(predicted)
-  return {"fd": fd, "precision": pr["precision"], "recall": pr["recall"],
-          "class_hist": [float(v) for v in hist],
-          "class_tv": float(0.5 * np.abs(hist - np.asarray(ref_class_freq)).sum()),
-          "min_class_frac": float(hist.min()), "num_samples": int(len(predicted))}
+  return {
+    "fd": fd,
+    "precision": pr["precision"],
+    "recall": pr["recall"],
+    "class_hist": [float(v) for v in hist],
+    "class_tv": float(0.5 * np.abs(hist - np.asarray(ref_class_freq)).sum()),
+    "min_class_frac": float(hist.min()),
+    "num_samples": int(len(predicted)),
+  }
 
 
 @functools.lru_cache(maxsize=2)
@@ -230,7 +233,6 @@ def default_classifier(cache_dir: Optional[str] = None) -> DigitsClassifier:
   return DigitsClassifier.load_or_train(cache_dir)
 
 
-def digits_metric(images_uint8: Any, reference_split: str = "test", cache_dir: Optional[str] = None
-                  ) -> Dict[str, Any]:
+def digits_metric(images_uint8: Any, reference_split: str = "test", cache_dir: Optional[str] = None) -> Dict[str, Any]:
   """Shortcut: ``default_classifier(cache_dir).evaluate(images_uint8, reference_split)``."""
   return default_classifier(cache_dir).evaluate(images_uint8, reference_split)

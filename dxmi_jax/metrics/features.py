@@ -15,6 +15,7 @@
 
 All input errors are :class:`EvaluationInputError` (a ValueError).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,12 +24,12 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dxmi_jax import parallel
 from dxmi_jax.models import inception
 
-FEATURE_EXTRACTOR = ("pytorch-fid FID-InceptionV3 port (JAX), pool3 2048-d, "
-                     "bilinear resize to 299, inputs uint8/255")
+FEATURE_EXTRACTOR = "pytorch-fid FID-InceptionV3 port (JAX), pool3 2048-d, bilinear resize to 299, inputs uint8/255"
 
 
 class EvaluationInputError(ValueError):
@@ -39,29 +40,24 @@ class NonFiniteFeaturesError(EvaluationInputError):
   """NaN or inf in features or statistics."""
 
 
-def validate_images(images: Any, name: str = "images",
-                    expect_hwc: Optional[Tuple[int, int, int]] = None) -> np.ndarray:
+def validate_images(images: Any, name: str = "images", expect_hwc: Optional[Tuple[int, int, int]] = None) -> np.ndarray:
   """Checks an image batch is uint8 NHWC with 3 channels (and a given HWC)."""
   arr = np.asarray(images)
   if arr.dtype != np.uint8:
     raise EvaluationInputError(
-        f"{name}: expected uint8 images in [0, 255] (NHWC), got dtype {arr.dtype}; "
-        f"convert samples with dxmi_jax.samples.to_uint8")
+      f"{name}: expected uint8 images in [0, 255] (NHWC), got dtype {arr.dtype}; "
+      f"convert samples with dxmi_jax.samples.to_uint8"
+    )
   if arr.ndim != 4 or arr.shape[-1] != 3:
-    raise EvaluationInputError(
-        f"{name}: expected an NHWC array with 3 channels, got shape {arr.shape}")
+    raise EvaluationInputError(f"{name}: expected an NHWC array with 3 channels, got shape {arr.shape}")
   if arr.shape[0] == 0:
     raise EvaluationInputError(f"{name}: contains no images")
   if expect_hwc is not None and tuple(arr.shape[1:]) != tuple(expect_hwc):
     raise EvaluationInputError(
-        f"{name}: image shape {tuple(arr.shape[1:])} differs from the first images' "
-        f"{tuple(expect_hwc)}; all images must have the same size")
+      f"{name}: image shape {tuple(arr.shape[1:])} differs from the first images' "
+      f"{tuple(expect_hwc)}; all images must have the same size"
+    )
   return arr
-
-
-def data_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  devices = list(devices) if devices is not None else jax.devices()
-  return Mesh(np.array(devices), ("data",))
 
 
 class ShardedBatchRunner:
@@ -72,11 +68,10 @@ class ShardedBatchRunner:
   batch size is rounded up to a multiple of the device count.
   """
 
-  def __init__(self, fn: Callable, params: Any, batch_size: int,
-               devices: Optional[Sequence[jax.Device]] = None):
+  def __init__(self, fn: Callable, params: Any, batch_size: int, devices: Optional[Sequence[jax.Device]] = None):
     if batch_size < 1:
       raise EvaluationInputError(f"batch_size must be >= 1, got {batch_size}")
-    self.mesh = data_mesh(devices)
+    self.mesh = parallel.make_mesh(devices)
     n_dev = self.mesh.devices.size
     self.batch_size = -(-batch_size // n_dev) * n_dev
     self._fn = fn
@@ -154,10 +149,16 @@ class InceptionFeatureExtractor:
     precision: matmul/conv precision; "highest" (default) keeps float32
       accuracy on GPUs/TPUs, "default" allows TF32/bf16 passes for speed.
   """
+
   name = FEATURE_EXTRACTOR
 
-  def __init__(self, variables: Dict[str, Any], batch_size: int = 200,
-               devices: Optional[Sequence[jax.Device]] = None, precision: str = "highest"):
+  def __init__(
+    self,
+    variables: Dict[str, Any],
+    batch_size: int = 200,
+    devices: Optional[Sequence[jax.Device]] = None,
+    precision: str = "highest",
+  ):
     fn = functools.partial(_inception_apply, precision=precision)
     self._runner = ShardedBatchRunner(fn, variables, batch_size, devices)
 
@@ -174,8 +175,9 @@ class InceptionFeatureExtractor:
   def num_devices(self) -> int:
     return self._runner.num_devices
 
-  def iter_features(self, batches: Iterable[np.ndarray], name: str = "images"
-                    ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+  def iter_features(
+    self, batches: Iterable[np.ndarray], name: str = "images"
+  ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yields (pool3, logits_unbiased) per chunk; validates shapes and finiteness."""
     state = {"hwc": None}
 
@@ -188,8 +190,9 @@ class InceptionFeatureExtractor:
     for pool3, logits in self._runner.run(rechunk(checked(), self.batch_size)):
       if not (np.all(np.isfinite(pool3)) and np.all(np.isfinite(logits))):
         raise NonFiniteFeaturesError(
-            f"{name}: the Inception produced NaN/inf features; check the Inception weights "
-            f"file (corrupt or not the FID weights)")
+          f"{name}: the Inception produced NaN/inf features; check the Inception weights "
+          f"file (corrupt or not the FID weights)"
+        )
       yield pool3, logits
 
   def features(self, images: Any, name: str = "images") -> Dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ Reference files (npz) come in two kinds, both read by :func:`load_reference`:
   precision/recall) and metadata strings ``protocol``, ``feature_extractor``,
   ``source``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,10 +31,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 import numpy as np
 from scipy import linalg
 
+from dxmi_jax.io import atomic_savez
 from dxmi_jax.metrics import features as features_lib
 
-OPENAI_TF_EXTRACTOR = ("OpenAI evaluator TF graph classify_image_graph_def.pb "
-                       "(assumed: npz without feature_extractor metadata)")
+OPENAI_TF_EXTRACTOR = (
+  "OpenAI evaluator TF graph classify_image_graph_def.pb (assumed: npz without feature_extractor metadata)"
+)
 FULL_EVAL_SAMPLES = 50_000
 
 
@@ -53,8 +56,7 @@ def _sqrtm(a: np.ndarray) -> np.ndarray:
     return linalg.sqrtm(a)
 
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6,
-                     imag_atol: float = 1e-3) -> float:
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 1e-6, imag_atol: float = 1e-3) -> float:
   """Fréchet distance between two Gaussians, in float64."""
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
@@ -62,27 +64,30 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
     raise FrechetDistanceError(f"mean vectors differ in shape: {mu1.shape} vs {mu2.shape}")
   d = mu1.shape[0]
   if s1.shape != (d, d) or s2.shape != (d, d):
-    raise FrechetDistanceError(
-        f"covariances must be ({d}, {d}) to match the means, got {s1.shape} and {s2.shape}")
+    raise FrechetDistanceError(f"covariances must be ({d}, {d}) to match the means, got {s1.shape} and {s2.shape}")
   for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
     if not np.all(np.isfinite(a)):
       raise features_lib.NonFiniteFeaturesError(f"{name} contains NaN or inf")
   diff = mu1 - mu2
   covmean = _sqrtm(s1 @ s2)
   if not np.all(np.isfinite(covmean)):
-    logging.warning("FID: sqrtm(sigma1 sigma2) is not finite (near-singular product); "
-                    "retrying with %g * I added to both covariances", eps)
+    logging.warning(
+      "FID: sqrtm(sigma1 sigma2) is not finite (near-singular product); retrying with %g * I added to both covariances",
+      eps,
+    )
     offset = np.eye(d) * eps
     covmean = _sqrtm((s1 + offset) @ (s2 + offset))
     if not np.all(np.isfinite(covmean)):
-      raise FrechetDistanceError("sqrtm of the covariance product is not finite even with "
-                                 f"{eps} * I added; the statistics are degenerate")
+      raise FrechetDistanceError(
+        f"sqrtm of the covariance product is not finite even with {eps} * I added; the statistics are degenerate"
+      )
   if np.iscomplexobj(covmean):
     max_diag_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
     if max_diag_imag > imag_atol:
       raise FrechetDistanceError(
-          f"sqrtm of the covariance product has an imaginary diagonal component of "
-          f"{max_diag_imag:.3g} (> {imag_atol}); the covariances are not valid (PSD) statistics")
+        f"sqrtm of the covariance product has an imaginary diagonal component of "
+        f"{max_diag_imag:.3g} (> {imag_atol}); the covariances are not valid (PSD) statistics"
+      )
     covmean = covmean.real
   return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
@@ -91,9 +96,11 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
 # Reference statistics files.
 # --------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class ReferenceStatistics:
   """Everything a reference file can provide.  Either (mu, sigma) or images/features."""
+
   mu: Optional[np.ndarray] = None
   sigma: Optional[np.ndarray] = None
   n: Optional[int] = None
@@ -129,8 +136,8 @@ def load_reference(path: Union[str, os.PathLike], load_images: bool = True) -> R
       raise ReferenceFileError(f"reference {path} has only one of 'mu'/'sigma'; both are needed")
     if not keys & {"mu", "arr_0"}:
       raise ReferenceFileError(
-          f"reference {path} has neither statistics ('mu' and 'sigma') nor images ('arr_0'); "
-          f"found keys {sorted(keys)}")
+        f"reference {path} has neither statistics ('mu' and 'sigma') nor images ('arr_0'); found keys {sorted(keys)}"
+      )
     ref = ReferenceStatistics(source=_str(z, "source", path))
     if "mu" in keys:
       ref.mu = np.asarray(z["mu"], np.float64)
@@ -138,7 +145,8 @@ def load_reference(path: Union[str, os.PathLike], load_images: bool = True) -> R
       d = ref.mu.shape[0] if ref.mu.ndim == 1 else -1
       if ref.mu.ndim != 1 or ref.sigma.shape != (d, d):
         raise ReferenceFileError(
-            f"reference {path}: mu {ref.mu.shape} and sigma {ref.sigma.shape} must be (D,) and (D, D)")
+          f"reference {path}: mu {ref.mu.shape} and sigma {ref.sigma.shape} must be (D,) and (D, D)"
+        )
       if not (np.all(np.isfinite(ref.mu)) and np.all(np.isfinite(ref.sigma))):
         raise features_lib.NonFiniteFeaturesError(f"reference {path}: mu/sigma contain NaN or inf")
     if "n" in keys:
@@ -156,18 +164,14 @@ def load_reference(path: Union[str, os.PathLike], load_images: bool = True) -> R
       ref.feature_extractor = OPENAI_TF_EXTRACTOR
       ref.protocol = "OpenAI reference batch (mu/sigma precomputed with the TF graph)"
     if ref.has_statistics and ref.mu.shape[0] != 2048:
-      raise ReferenceFileError(f"reference {path}: statistics have dimension {ref.mu.shape[0]}, "
-                               f"expected 2048 (Inception pool3)")
+      raise ReferenceFileError(
+        f"reference {path}: statistics have dimension {ref.mu.shape[0]}, expected 2048 (Inception pool3)"
+      )
     if ref.features is not None and ref.features.shape[1] != 2048:
-      raise ReferenceFileError(f"reference {path}: features have dimension "
-                               f"{ref.features.shape[1]}, expected 2048 (Inception pool3)")
+      raise ReferenceFileError(
+        f"reference {path}: features have dimension {ref.features.shape[1]}, expected 2048 (Inception pool3)"
+      )
   return ref
-
-
-def atomic_savez(path: Union[str, os.PathLike], **arrays) -> None:
-  """np.savez to a temp file in the target folder, then rename: no partial files."""
-  from dxmi_jax.samples import atomic_write  # pylint: disable=import-outside-toplevel
-  atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
 
 
 def save_reference(path: Union[str, os.PathLike], ref: ReferenceStatistics) -> None:
@@ -175,17 +179,23 @@ def save_reference(path: Union[str, os.PathLike], ref: ReferenceStatistics) -> N
   if not ref.has_statistics:
     raise ReferenceFileError("refusing to write reference statistics without mu/sigma")
   arrays: Dict[str, Any] = dict(
-      mu=np.asarray(ref.mu, np.float64), sigma=np.asarray(ref.sigma, np.float64),
-      n=np.int64(ref.n if ref.n is not None else -1),
-      protocol=np.array(ref.protocol), feature_extractor=np.array(ref.feature_extractor),
-      source=np.array(ref.source))
+    mu=np.asarray(ref.mu, np.float64),
+    sigma=np.asarray(ref.sigma, np.float64),
+    n=np.int64(ref.n if ref.n is not None else -1),
+    protocol=np.array(ref.protocol),
+    feature_extractor=np.array(ref.feature_extractor),
+    source=np.array(ref.source),
+  )
   if ref.features is not None:
     arrays["features"] = np.asarray(ref.features, np.float32)
   atomic_savez(path, **arrays)
 
 
-def fid_proxy(images_uint8: Any, ref_stats: Union[ReferenceStatistics, Tuple[Any, Any]],
-              extractor: "features_lib.InceptionFeatureExtractor") -> Dict[str, float]:
+def fid_proxy(
+  images_uint8: Any,
+  ref_stats: Union[ReferenceStatistics, Tuple[Any, Any]],
+  extractor: "features_lib.InceptionFeatureExtractor",
+) -> Dict[str, float]:
   """Training-time FID against cached statistics: ``{"fid_proxy_<n>": value}``.
 
   Used for model selection during training (reference §2h: CIFAR 10k samples,

@@ -8,6 +8,7 @@ cut into ``num_splits`` consecutive parts with boundaries ``i * N // splits``
 same thing for its 50,000 samples and 10 splits.  Computed in float64 with a
 log-softmax, so no ``0 * log 0`` NaNs.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -26,14 +27,15 @@ def inception_score(logits: Any, num_splits: int = 10) -> Tuple[float, float]:
   n = x.shape[0]
   if num_splits < 1 or n < num_splits:
     raise features_lib.EvaluationInputError(
-        f"Inception score with {num_splits} splits needs at least {num_splits} samples "
-        f"(got {n}); lower the number of splits")
+      f"Inception score with {num_splits} splits needs at least {num_splits} samples "
+      f"(got {n}); lower the number of splits"
+    )
   if not np.all(np.isfinite(x)):
     raise features_lib.NonFiniteFeaturesError("logits contain NaN or inf")
   logp = special.log_softmax(x, axis=1)
   scores = []
   for i in range(num_splits):
-    part = logp[i * n // num_splits:(i + 1) * n // num_splits]
+    part = logp[i * n // num_splits : (i + 1) * n // num_splits]
     log_marginal = special.logsumexp(part, axis=0) - np.log(part.shape[0])
     kl = np.sum(np.exp(part) * (part - log_marginal[None, :]), axis=1)
     scores.append(np.exp(kl.mean()))

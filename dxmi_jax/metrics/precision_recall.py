@@ -22,6 +22,7 @@ back to float32 for a block with non-finite entries.  ``distance_dtype=
 reproduces the fp16-with-fallback scheme, which moves borderline points and so
 can change the counts slightly.
 """
+
 from __future__ import annotations
 
 import functools
@@ -76,7 +77,7 @@ def _inside(u, ru, n_valid_u, v, rv, n_valid_v, dtype: str):
 def _blocks(x: np.ndarray, size: int):
   """Yields (start, zero-padded block of exactly `size` rows, valid rows): one compile per shape."""
   for s in range(0, x.shape[0], size):
-    b = x[s:s + size]
+    b = x[s : s + size]
     n = b.shape[0]
     if n < size:
       b = np.concatenate([b, np.zeros((size - n,) + b.shape[1:], b.dtype)])
@@ -91,14 +92,16 @@ def _check(features: Any, name: str, k: int) -> np.ndarray:
     raise features_lib.EvaluationInputError(f"{name}: features must be (N, D), got {x.shape}")
   if x.shape[0] <= k:
     raise features_lib.EvaluationInputError(
-        f"{name}: precision/recall with k={k} needs at least {k + 1} features, got {x.shape[0]}")
+      f"{name}: precision/recall with k={k} needs at least {k + 1} features, got {x.shape[0]}"
+    )
   if not np.all(np.isfinite(x)):
     raise features_lib.NonFiniteFeaturesError(f"{name}: features contain NaN or inf")
   return x
 
 
-def manifold_radii(features: Any, k: int = DEFAULT_K, block_size: int = DEFAULT_BLOCK,
-                   distance_dtype: str = "float32") -> np.ndarray:
+def manifold_radii(
+  features: Any, k: int = DEFAULT_K, block_size: int = DEFAULT_BLOCK, distance_dtype: str = "float32"
+) -> np.ndarray:
   """Squared k-NN radius of every row (self-distance counted at position 0)."""
   if distance_dtype not in ("float32", "float16"):
     raise ValueError(f"distance_dtype must be 'float32' or 'float16', got {distance_dtype!r}")
@@ -112,32 +115,39 @@ def manifold_radii(features: Any, k: int = DEFAULT_K, block_size: int = DEFAULT_
   for r0, rows, nr in _blocks(x, bs):
     rows = jnp.asarray(rows)
     cands = np.concatenate(
-        [np.asarray(_smallest(rows, cols, nv, k + 1, distance_dtype)) for cols, nv in col_blocks],
-        axis=1)
-    radii[r0:r0 + nr] = np.sort(cands[:nr], axis=1)[:, k]
+      [np.asarray(_smallest(rows, cols, nv, k + 1, distance_dtype)) for cols, nv in col_blocks], axis=1
+    )
+    radii[r0 : r0 + nr] = np.sort(cands[:nr], axis=1)[:, k]
   return radii
 
 
-def precision_recall(ref_features: Any, sample_features: Any, k: int = DEFAULT_K,
-                     block_size: int = DEFAULT_BLOCK, distance_dtype: str = "float32"
-                     ) -> Dict[str, float]:
+def precision_recall(
+  ref_features: Any,
+  sample_features: Any,
+  k: int = DEFAULT_K,
+  block_size: int = DEFAULT_BLOCK,
+  distance_dtype: str = "float32",
+) -> Dict[str, float]:
   """Improved precision and recall; **reference first**, like OpenAI's ``main(ref, sample)``."""
   ref = _check(ref_features, "reference features", k)
   smp = _check(sample_features, "sample features", k)
   if ref.shape[1] != smp.shape[1]:
     raise features_lib.EvaluationInputError(
-        f"reference features have dimension {ref.shape[1]} but samples {smp.shape[1]}")
+      f"reference features have dimension {ref.shape[1]} but samples {smp.shape[1]}"
+    )
   ref_r = manifold_radii(ref, k, block_size, distance_dtype)
   smp_r = manifold_radii(smp, k, block_size, distance_dtype)
   bs_ref, bs_smp = min(block_size, ref.shape[0]), min(block_size, smp.shape[0])
   ref_in = np.zeros(ref.shape[0], bool)  # reference point covered by a sample ball -> recall
   smp_in = np.zeros(smp.shape[0], bool)  # sample point covered by a reference ball -> precision
-  smp_blocks = [(c0, jnp.asarray(v), jnp.asarray(rv), nv) for (c0, v, nv), (_, rv, _) in
-                zip(_blocks(smp, bs_smp), _blocks(smp_r, bs_smp))]
+  smp_blocks = [
+    (c0, jnp.asarray(v), jnp.asarray(rv), nv)
+    for (c0, v, nv), (_, rv, _) in zip(_blocks(smp, bs_smp), _blocks(smp_r, bs_smp))
+  ]
   for (r0, u, nu), (_, ru, _) in zip(_blocks(ref, bs_ref), _blocks(ref_r, bs_ref)):
     u, ru = jnp.asarray(u), jnp.asarray(ru)
     for c0, v, rv, nv in smp_blocks:
       a, b = _inside(u, ru, nu, v, rv, nv, distance_dtype)
-      ref_in[r0:r0 + nu] |= np.asarray(a)[:nu]
-      smp_in[c0:c0 + nv] |= np.asarray(b)[:nv]
+      ref_in[r0 : r0 + nu] |= np.asarray(a)[:nu]
+      smp_in[c0 : c0 + nv] |= np.asarray(b)[:nv]
   return {"precision": float(smp_in.mean()), "recall": float(ref_in.mean())}

@@ -9,6 +9,7 @@ on q and k, zero-initialised output convs, and the label embedding added to the
 time embedding.  Submodule names mirror the torch keys (``input_blocks_3_1/qkv``
 <-> ``input_blocks.3.1.qkv``).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2, upsample_nearest2x
+from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2, remat_block, upsample_nearest2x
 
 Dtype = Any
 _GN_EPS = 1e-5
@@ -34,10 +35,10 @@ def karras_scalings(sigma, sigma_data: float = 0.5) -> Tuple[jnp.ndarray, ...]:
   c_noise = 1000 * 0.25 * log(sigma + 1e-44) is the UNet's time input.
   """
   sigma = jnp.asarray(sigma, jnp.float32)
-  sd2 = sigma_data ** 2
-  c_skip = sd2 / (sigma ** 2 + sd2)
-  c_out = sigma * sigma_data / jnp.sqrt(sigma ** 2 + sd2)
-  c_in = 1.0 / jnp.sqrt(sigma ** 2 + sd2)
+  sd2 = sigma_data**2
+  c_skip = sd2 / (sigma**2 + sd2)
+  c_out = sigma * sigma_data / jnp.sqrt(sigma**2 + sd2)
+  c_in = 1.0 / jnp.sqrt(sigma**2 + sd2)
   # torch adds 1e-44 (a float32 subnormal) so that sigma = 0 maps to log(9.8e-45); XLA flushes
   # subnormals to zero, so that case is spelled out.  For normal sigma the add is a no-op.
   c_noise = 1000.0 * 0.25 * jnp.where(sigma == 0, _LOG_TINY, jnp.log(sigma))
@@ -65,8 +66,7 @@ def edm_denoise(unet_apply: Callable, x, sigma, y=None, sigma_data: float = 0.5)
 def adm_timestep_embedding(t, dim: int, max_period: float = 10000.0):
   """consistency-models ``timestep_embedding``: [cos(t f), sin(t f)], f_k = max_period^(-k/half)."""
   half = dim // 2
-  freqs = np.exp(np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
-                 / np.float32(half))
+  freqs = np.exp(np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half))
   args = jnp.asarray(t, jnp.float32)[:, None] * jnp.asarray(freqs, jnp.float32)[None]
   emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
   if dim % 2:
@@ -76,6 +76,7 @@ def adm_timestep_embedding(t, dim: int, max_period: float = 10000.0):
 
 class ResBlock(nn.Module):
   """``cm.unet.ResBlock`` (optionally scale-shift conditioned and/or resampling)."""
+
   out_ch: int
   dropout: float = 0.0
   use_scale_shift_norm: bool = False
@@ -91,8 +92,9 @@ class ResBlock(nn.Module):
       resample = upsample_nearest2x if self.up else avg_pool2x2
       h, x = resample(h), resample(x)
     h = Conv2d(c, 3, padding=1, dtype=dt, name="in_layers_2")(h)
-    emb_out = Dense(2 * c if self.use_scale_shift_norm else c, name="emb_layers_1")(
-        nn.silu(emb)).astype(h.dtype)[:, None, None, :]
+    emb_out = Dense(2 * c if self.use_scale_shift_norm else c, name="emb_layers_1")(nn.silu(emb)).astype(h.dtype)[
+      :, None, None, :
+    ]
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
       h = GroupNorm(32, _GN_EPS, name="out_layers_0")(h) * (1 + scale) + shift
@@ -113,6 +115,7 @@ class AttentionBlock(nn.Module):
   qkv channels are laid out (three, heads, d); q and k are each scaled by
   d^-1/4 before the product; the softmax is over keys and always in float32.
   """
+
   num_heads: int
   dtype: Dtype = jnp.float32
 
@@ -170,6 +173,7 @@ class ADMUNet(nn.Module):
   head stay float32, mirroring the official ``use_fp16`` path; parameters are
   always float32.
   """
+
   image_size: int = 64
   in_channels: int = 3
   model_channels: int = 192
@@ -186,12 +190,12 @@ class ADMUNet(nn.Module):
   use_scale_shift_norm: bool = True
   resblock_updown: bool = True
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
 
   def _heads(self, ch: int, upsample: bool) -> int:
     if self.num_head_channels != -1:
       if ch % self.num_head_channels:
-        raise ValueError(f"{ch} attention channels are not divisible by num_head_channels "
-                         f"{self.num_head_channels}")
+        raise ValueError(f"{ch} attention channels are not divisible by num_head_channels {self.num_head_channels}")
       return ch // self.num_head_channels
     if upsample and self.num_heads_upsample != -1:
       return self.num_heads_upsample
@@ -200,8 +204,10 @@ class ADMUNet(nn.Module):
   @nn.compact
   def __call__(self, x, t, y=None, deterministic: bool = True):
     if (y is None) != (self.num_classes is None):
-      raise ValueError("ADMUNet: y (class labels) must be given iff num_classes is set "
-                       f"(num_classes={self.num_classes}, y given: {y is not None})")
+      raise ValueError(
+        "ADMUNet: y (class labels) must be given iff num_classes is set "
+        f"(num_classes={self.num_classes}, y given: {y is not None})"
+      )
     dt, mc = self.dtype, self.model_channels
     attn_ds = {self.image_size // int(r) for r in self.attention_resolutions}
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
@@ -210,12 +216,14 @@ class ADMUNet(nn.Module):
     if self.num_classes is not None:
       emb = emb + Embed(self.num_classes, 4 * mc, name="label_emb")(y)
 
+    res_cls = remat_block(ResBlock, self.remat, static_argnums=(3,))
+    attn_cls = remat_block(AttentionBlock, self.remat)
+
     def res(h, out, name, **kw):
-      return ResBlock(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)(
-          h, emb, deterministic)
+      return res_cls(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)(h, emb, deterministic)
 
     def attn(h, name, upsample=False):
-      return AttentionBlock(self._heads(h.shape[-1], upsample), dt, name=name)(h)
+      return attn_cls(self._heads(h.shape[-1], upsample), dt, name=name)(h)
 
     ch = int(self.channel_mult[0] * mc)
     hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="input_blocks_0_0")(x.astype(dt))]
@@ -263,17 +271,40 @@ class ADMUNet(nn.Module):
 
 def adm_imagenet64() -> ml_collections.ConfigDict:
   """ImageNet-64 EDM policy (``configs/imagenet64/T10.yaml``): 295,899,267 params."""
-  return ml_collections.ConfigDict(dict(
-      image_size=64, in_channels=3, model_channels=192, out_channels=3, num_res_blocks=3,
-      attention_resolutions=(32, 16, 8), dropout=0.0, channel_mult=(1, 2, 3, 4),
-      conv_resample=True, num_classes=1000, num_heads=4, num_head_channels=64,
-      num_heads_upsample=-1, use_scale_shift_norm=True, resblock_updown=True,
-      dtype="float32"))
+  return ml_collections.ConfigDict(
+    dict(
+      image_size=64,
+      in_channels=3,
+      model_channels=192,
+      out_channels=3,
+      num_res_blocks=3,
+      attention_resolutions=(32, 16, 8),
+      dropout=0.0,
+      channel_mult=(1, 2, 3, 4),
+      conv_resample=True,
+      num_classes=1000,
+      num_heads=4,
+      num_head_channels=64,
+      num_heads_upsample=-1,
+      use_scale_shift_norm=True,
+      resblock_updown=True,
+      dtype="float32",
+      remat="none",
+    )
+  )
 
 
 def adm_lsun256() -> ml_collections.ConfigDict:
   """LSUN Bedroom-256 unconditional EDM policy (``configs/lsun/T4.yaml``): 526,304,771 params."""
   cfg = adm_imagenet64()
-  cfg.update(dict(image_size=256, model_channels=256, num_res_blocks=2,
-                  channel_mult=(1, 1, 2, 2, 4, 4), num_classes=None, use_scale_shift_norm=False))
+  cfg.update(
+    dict(
+      image_size=256,
+      model_channels=256,
+      num_res_blocks=2,
+      channel_mult=(1, 1, 2, 2, 4, 4),
+      num_classes=None,
+      use_scale_shift_norm=False,
+    )
+  )
   return cfg

@@ -16,6 +16,7 @@ differ from other UNets (reference §4.2, golden README A1):
 Submodule names mirror the torch keys (``down_1_block_0/norm1`` <->
 ``down.1.block.0.norm1``) so that ``dxmi_jax.convert`` maps them by rule.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dxmi_jax.models.layers import Conv2d, Dense, GroupNorm, avg_pool2x2, swish, upsample_nearest2x
+from dxmi_jax.models.layers import Conv2d, Dense, GroupNorm, avg_pool2x2, remat_block, swish, upsample_nearest2x
 
 Dtype = Any
 _GN_EPS = 1e-6
@@ -52,7 +53,8 @@ class ResnetBlock(nn.Module):
   @nn.compact
   def __call__(self, x, temb, deterministic: bool = True):
     h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, name="conv1")(
-        swish(GroupNorm(32, _GN_EPS, name="norm1")(x)))
+      swish(GroupNorm(32, _GN_EPS, name="norm1")(x))
+    )
     h = h + Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(swish(temb))[:, None, None, :]
     h = swish(GroupNorm(32, _GN_EPS, name="norm2")(h))
     if self.dropout > 0:
@@ -65,6 +67,7 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
   """Single-head spatial self-attention (tokens in row-major (H, W) order)."""
+
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -110,6 +113,7 @@ class DDPMUNet(nn.Module):
   embedding MLP and the output head (norm_out, conv_out) stay float32, like the
   consistency-models fp16 recipe.  Parameters are always float32.
   """
+
   ch: int = 128
   ch_mult: Sequence[int] = (1, 2, 2, 2)
   num_res_blocks: int = 2
@@ -120,21 +124,27 @@ class DDPMUNet(nn.Module):
   in_channels: int = 3
   out_ch: int = 3
   dtype: Dtype = jnp.float32
+  remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
 
   @nn.compact
   def __call__(self, x, t, y=None, deterministic: bool = True):
     if y is not None:
       raise ValueError("DDPMUNet is unconditional: y must be None")
     if x.shape[1:] != (self.resolution, self.resolution, self.in_channels):
-      raise ValueError(f"DDPMUNet expects NHWC input of shape (B, {self.resolution}, "
-                       f"{self.resolution}, {self.in_channels}), got {x.shape}")
+      raise ValueError(
+        f"DDPMUNet expects NHWC input of shape (B, {self.resolution}, "
+        f"{self.resolution}, {self.in_channels}), got {x.shape}"
+      )
     ch, nlev, dt = self.ch, len(self.ch_mult), self.dtype
     t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
     temb = Dense(4 * ch, name="temb_dense_0")(ddpm_timestep_embedding(t, ch))
     temb = Dense(4 * ch, name="temb_dense_1")(swish(temb))
 
+    res_cls = remat_block(ResnetBlock, self.remat, static_argnums=(3,))
+    attn_cls = remat_block(AttnBlock, self.remat)
+
     def res(h, out, name):
-      return ResnetBlock(out, self.dropout, dt, name=name)(h, temb, deterministic)
+      return res_cls(out, self.dropout, dt, name=name)(h, temb, deterministic)
 
     hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="conv_in")(x)]
     res_now = self.resolution
@@ -142,22 +152,21 @@ class DDPMUNet(nn.Module):
       for j in range(self.num_res_blocks):
         h = res(hs[-1], ch * self.ch_mult[lev], f"down_{lev}_block_{j}")
         if res_now in self.attn_resolutions:
-          h = AttnBlock(dt, name=f"down_{lev}_attn_{j}")(h)
+          h = attn_cls(dt, name=f"down_{lev}_attn_{j}")(h)
         hs.append(h)
       if lev != nlev - 1:
         hs.append(Downsample(self.resamp_with_conv, dt, name=f"down_{lev}_downsample")(hs[-1]))
         res_now //= 2
 
     h = res(hs[-1], hs[-1].shape[-1], "mid_block_1")
-    h = AttnBlock(dt, name="mid_attn_1")(h)
+    h = attn_cls(dt, name="mid_attn_1")(h)
     h = res(h, h.shape[-1], "mid_block_2")
 
     for lev in reversed(range(nlev)):
       for j in range(self.num_res_blocks + 1):
-        h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * self.ch_mult[lev],
-                f"up_{lev}_block_{j}")
+        h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * self.ch_mult[lev], f"up_{lev}_block_{j}")
         if res_now in self.attn_resolutions:
-          h = AttnBlock(dt, name=f"up_{lev}_attn_{j}")(h)
+          h = attn_cls(dt, name=f"up_{lev}_attn_{j}")(h)
       if lev != 0:
         h = Upsample(self.resamp_with_conv, dt, name=f"up_{lev}_upsample")(h)
         res_now *= 2
@@ -169,6 +178,18 @@ class DDPMUNet(nn.Module):
 
 def ddpm_cifar10() -> ml_collections.ConfigDict:
   """The CIFAR-10 policy network of ``configs/cifar10/T10.yaml`` (35,746,307 weights)."""
-  return ml_collections.ConfigDict(dict(
-      ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
-      resamp_with_conv=True, resolution=32, in_channels=3, out_ch=3, dtype="float32"))
+  return ml_collections.ConfigDict(
+    dict(
+      ch=128,
+      ch_mult=(1, 2, 2, 2),
+      num_res_blocks=2,
+      attn_resolutions=(16,),
+      dropout=0.1,
+      resamp_with_conv=True,
+      resolution=32,
+      in_channels=3,
+      out_ch=3,
+      dtype="float32",
+      remat="none",
+    )
+  )

@@ -15,6 +15,7 @@ Embedding(n_class, 4 C) gives FiLM parameters (w1, w2, b1, b2), initialised to
 w = 1 and b = 0.  Parameter names mirror the torch keys minus the ``net.`` prefix
 (``blocks_2/skip_0`` <-> ``net.blocks.2.skip.0``).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -24,12 +25,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dxmi_jax.models.layers import Conv2d, Dense, Embed, avg_pool2x2
+from dxmi_jax.models.layers import Conv2d, Dense, Embed, avg_pool2x2, remat_block
 
 _ACTIVATIONS = {
-    "linear": None, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid,
-    "softplus": jax.nn.softplus, "tanh": jnp.tanh, "swish": jax.nn.silu,
-    "leakyrelu": lambda v: jax.nn.leaky_relu(v, 0.2),
+  "linear": None,
+  "relu": jax.nn.relu,
+  "sigmoid": jax.nn.sigmoid,
+  "softplus": jax.nn.softplus,
+  "tanh": jnp.tanh,
+  "swish": jax.nn.silu,
+  "leakyrelu": lambda v: jax.nn.leaky_relu(v, 0.2),
 }
 
 
@@ -37,8 +42,7 @@ def _film_init(key, shape, dtype=jnp.float32):
   """class_embed init of the official ResBlockV2: first half (weights) 1, second half (biases) 0."""
   del key
   half = shape[1] // 2
-  return jnp.concatenate([jnp.ones((shape[0], half), dtype),
-                          jnp.zeros((shape[0], shape[1] - half), dtype)], axis=1)
+  return jnp.concatenate([jnp.ones((shape[0], half), dtype), jnp.zeros((shape[0], shape[1] - half), dtype)], axis=1)
 
 
 def _lrelu(x):
@@ -56,8 +60,8 @@ class ResBlockV2(nn.Module):
     h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, name="conv1")(x)
     if cond:
       w1, w2, b1, b2 = jnp.split(
-          Embed(self.n_class, 4 * self.out_ch, _film_init, name="class_embed")(y)[:, None, None, :],
-          4, axis=-1)
+        Embed(self.n_class, 4 * self.out_ch, _film_init, name="class_embed")(y)[:, None, None, :], 4, axis=-1
+      )
       h = w1 * h + b1
     h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, name="conv2")(_lrelu(h))
     if cond:
@@ -72,12 +76,14 @@ class ResBlockV2(nn.Module):
 
 class IGEBMValue(nn.Module):
   """TimeIndependentValue(IGEBMEncoderV2(keepdim=False, learn_out_scale=True, ...))."""
+
   nh: int = 128
   in_chan: int = 3
   out_chan: int = 1
   n_class: Optional[int] = None
   learn_out_scale: bool = True
   out_activation: str = "linear"
+  remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
 
   @nn.compact
   def __call__(self, x, t=None, y=None, deterministic: bool = True):
@@ -87,13 +93,14 @@ class IGEBMValue(nn.Module):
     if self.n_class is None:
       y = None  # the official wrapper passes y, but an unconditional net ignores it
     if self.out_activation not in _ACTIVATIONS:
-      raise ValueError(f"out_activation must be one of {sorted(_ACTIVATIONS)}, "
-                       f"got {self.out_activation!r}")
+      raise ValueError(f"out_activation must be one of {sorted(_ACTIVATIONS)}, got {self.out_activation!r}")
     nh = self.nh
+    block_cls = remat_block(ResBlockV2, self.remat)
     h = _lrelu(Conv2d(nh, 3, padding=1, name="conv1")(x))
-    for i, (ch, down) in enumerate([(nh, True), (nh, False), (2 * nh, True), (2 * nh, False),
-                                    (2 * nh, True), (2 * nh, False)]):
-      h = ResBlockV2(ch, down, self.n_class, name=f"blocks_{i}")(h, y)
+    for i, (ch, down) in enumerate(
+      [(nh, True), (nh, False), (2 * nh, True), (2 * nh, False), (2 * nh, True), (2 * nh, False)]
+    ):
+      h = block_cls(ch, down, self.n_class, name=f"blocks_{i}")(h, y)
     h = jax.nn.relu(h).sum(axis=(1, 2))  # keepdim=False: sum, not mean
     out = Dense(self.out_chan, name="linear")(h)
     if self.learn_out_scale:
@@ -104,5 +111,6 @@ class IGEBMValue(nn.Module):
 
 def igebm_nh128() -> ml_collections.ConfigDict:
   """The value net of every released image config: 5,134,595 params."""
-  return ml_collections.ConfigDict(dict(
-      nh=128, in_chan=3, out_chan=1, n_class=None, learn_out_scale=True, out_activation="linear"))
+  return ml_collections.ConfigDict(
+    dict(nh=128, in_chan=3, out_chan=1, n_class=None, learn_out_scale=True, out_activation="linear", remat="none")
+  )

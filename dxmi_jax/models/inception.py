@@ -27,6 +27,7 @@ the converter is a mechanical rename + transpose.  BatchNorm statistics live in
 the ``batch_stats`` collection: apply with
 ``InceptionV3().apply({"params": p, "batch_stats": s}, x)``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,10 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dxmi_jax import convert
+from dxmi_jax.errors import CheckpointError
+from dxmi_jax.torch_files import load_torch_state_dict
 
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_URL = (
+  "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_ENV_VAR = "DXMI_INCEPTION_WEIGHTS"
 CONFIG_KEY = "config.eval.inception_weights"
@@ -57,12 +60,22 @@ BN_EPS = 1e-3
 
 # pytorch-fid's ``InceptionV3`` wrapper stores the same modules under other names.
 _WRAPPER_PREFIXES = {
-    "blocks.0.0": "Conv2d_1a_3x3", "blocks.0.1": "Conv2d_2a_3x3", "blocks.0.2": "Conv2d_2b_3x3",
-    "blocks.1.0": "Conv2d_3b_1x1", "blocks.1.1": "Conv2d_4a_3x3",
-    "blocks.2.0": "Mixed_5b", "blocks.2.1": "Mixed_5c", "blocks.2.2": "Mixed_5d",
-    "blocks.2.3": "Mixed_6a", "blocks.2.4": "Mixed_6b", "blocks.2.5": "Mixed_6c",
-    "blocks.2.6": "Mixed_6d", "blocks.2.7": "Mixed_6e",
-    "blocks.3.0": "Mixed_7a", "blocks.3.1": "Mixed_7b", "blocks.3.2": "Mixed_7c",
+  "blocks.0.0": "Conv2d_1a_3x3",
+  "blocks.0.1": "Conv2d_2a_3x3",
+  "blocks.0.2": "Conv2d_2b_3x3",
+  "blocks.1.0": "Conv2d_3b_1x1",
+  "blocks.1.1": "Conv2d_4a_3x3",
+  "blocks.2.0": "Mixed_5b",
+  "blocks.2.1": "Mixed_5c",
+  "blocks.2.2": "Mixed_5d",
+  "blocks.2.3": "Mixed_6a",
+  "blocks.2.4": "Mixed_6b",
+  "blocks.2.5": "Mixed_6c",
+  "blocks.2.6": "Mixed_6d",
+  "blocks.2.7": "Mixed_6e",
+  "blocks.3.0": "Mixed_7a",
+  "blocks.3.1": "Mixed_7b",
+  "blocks.3.2": "Mixed_7c",
 }
 
 Pad = Tuple[Tuple[int, int], Tuple[int, int]]
@@ -74,6 +87,7 @@ def _same(kh: int, kw: int) -> Pad:
 
 class BasicConv2d(nn.Module):
   """conv (no bias) -> BatchNorm(eps=1e-3, running statistics) -> ReLU."""
+
   features: int
   kernel_size: Tuple[int, int]
   strides: Tuple[int, int] = (1, 1)
@@ -81,16 +95,16 @@ class BasicConv2d(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.Conv(self.features, self.kernel_size, strides=self.strides, padding=self.padding,
-                use_bias=False, name="conv")(x)
+    x = nn.Conv(
+      self.features, self.kernel_size, strides=self.strides, padding=self.padding, use_bias=False, name="conv"
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name="bn")(x)
     return nn.relu(x)
 
 
 def _avg_pool_valid(x):
   """3x3 stride-1 average over the in-image positions (count_include_pad=False)."""
-  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)),
-                     count_include_pad=False)
+  return nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)), count_include_pad=False)
 
 
 def _max_pool_3s2(x):
@@ -99,6 +113,7 @@ def _max_pool_3s2(x):
 
 class InceptionA(nn.Module):
   """Mixed_5b/5c/5d (FIDInceptionA)."""
+
   pool_features: int
 
   @nn.compact
@@ -127,6 +142,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   """Mixed_6b..6e (FIDInceptionC), factorised 7x7 convolutions."""
+
   channels_7x7: int
 
   @nn.compact
@@ -161,22 +177,29 @@ class InceptionD(nn.Module):
 
 class InceptionE(nn.Module):
   """Mixed_7b (FIDInceptionE_1, valid-average pool) and Mixed_7c (E_2, max pool)."""
+
   pool: str  # "avg" (E_1) or "max" (E_2)
 
   @nn.compact
   def __call__(self, x):
     b1 = BasicConv2d(320, (1, 1), name="branch1x1")(x)
     b3 = BasicConv2d(384, (1, 1), name="branch3x3_1")(x)
-    b3 = jnp.concatenate([
+    b3 = jnp.concatenate(
+      [
         BasicConv2d(384, (1, 3), padding=_same(1, 3), name="branch3x3_2a")(b3),
         BasicConv2d(384, (3, 1), padding=_same(3, 1), name="branch3x3_2b")(b3),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     bd = BasicConv2d(448, (1, 1), name="branch3x3dbl_1")(x)
     bd = BasicConv2d(384, (3, 3), padding=_same(3, 3), name="branch3x3dbl_2")(bd)
-    bd = jnp.concatenate([
+    bd = jnp.concatenate(
+      [
         BasicConv2d(384, (1, 3), padding=_same(1, 3), name="branch3x3dbl_3a")(bd),
         BasicConv2d(384, (3, 1), padding=_same(3, 1), name="branch3x3dbl_3b")(bd),
-    ], axis=-1)
+      ],
+      axis=-1,
+    )
     if self.pool == "avg":
       pooled = _avg_pool_valid(x)
     elif self.pool == "max":
@@ -189,6 +212,7 @@ class InceptionE(nn.Module):
 
 class Logits(nn.Module):
   """``fc`` (2048 -> 1008).  Returns (x @ W, x @ W + b)."""
+
   features: int = NUM_LOGITS
 
   @nn.compact
@@ -217,6 +241,7 @@ class InceptionV3(nn.Module):
   (N, 1008); with ``with_block_means=True`` also the spatial means of the
   outputs of pytorch-fid's blocks 0, 1, 2 (``block{i}_mean``), for debugging.
   """
+
   resize_input: bool = True
   normalize_input: bool = True
 
@@ -266,6 +291,7 @@ class InceptionV3(nn.Module):
 # Weights: torch state_dict (torchvision layout) -> Flax variables.
 # --------------------------------------------------------------------------------------
 
+
 def variable_shapes() -> Dict[str, Any]:
   """Shapes of {"params", "batch_stats"} (a fresh nested dict), via ``jax.eval_shape``."""
   return jax.tree.map(lambda s: s, _variable_shapes(), is_leaf=lambda s: isinstance(s, tuple))
@@ -274,27 +300,26 @@ def variable_shapes() -> Dict[str, Any]:
 @functools.lru_cache(maxsize=None)
 def _variable_shapes() -> Dict[str, Any]:
   model = InceptionV3()
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, RESIZE, RESIZE, 3), jnp.float32)))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, RESIZE, RESIZE, 3), jnp.float32)))
   return jax.tree.map(lambda s: tuple(s.shape), dict(shapes))
 
 
 _LEAF_MAP = {  # torch leaf -> (collection, flax leaf, transform)
-    "conv.weight": ("params", ("conv", "kernel"), lambda w: w.transpose(2, 3, 1, 0)),
-    "bn.weight": ("params", ("bn", "scale"), None),
-    "bn.bias": ("params", ("bn", "bias"), None),
-    "bn.running_mean": ("batch_stats", ("bn", "mean"), None),
-    "bn.running_var": ("batch_stats", ("bn", "var"), None),
+  "conv.weight": ("params", ("conv", "kernel"), lambda w: w.transpose(2, 3, 1, 0)),
+  "bn.weight": ("params", ("bn", "scale"), None),
+  "bn.bias": ("params", ("bn", "bias"), None),
+  "bn.running_mean": ("batch_stats", ("bn", "mean"), None),
+  "bn.running_var": ("batch_stats", ("bn", "var"), None),
 }
 
 
 def _canonical_key(key: str) -> str:
   for prefix in ("module.", "inception."):
     if key.startswith(prefix):
-      key = key[len(prefix):]
+      key = key[len(prefix) :]
   for wrapper, name in _WRAPPER_PREFIXES.items():
     if key.startswith(wrapper + "."):
-      return name + key[len(wrapper):]
+      return name + key[len(wrapper) :]
   return key
 
 
@@ -309,13 +334,12 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
   because the Inception score needs it.
 
   Raises:
-    convert.CheckpointError: missing/unexpected keys, wrong shapes, non-finite values.
+    CheckpointError: missing/unexpected keys, wrong shapes, non-finite values.
   """
   expected = variable_shapes()
   flat_expected = {}
   for col, tree in expected.items():
-    for path, shape in jax.tree_util.tree_flatten_with_path(
-        tree, is_leaf=lambda s: isinstance(s, tuple))[0]:
+    for path, shape in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda s: isinstance(s, tuple))[0]:
       flat_expected[(col,) + tuple(p.key for p in path)] = shape
   out: Dict[Tuple[str, ...], np.ndarray] = {}
   unexpected, bad_shape = [], []
@@ -345,8 +369,9 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
       unexpected.append(raw_key)
       continue
     if tuple(arr.shape) != flat_expected[target]:
-      bad_shape.append(f"{raw_key}: {tuple(np.asarray(value).shape)} does not fit "
-                       f"{'/'.join(target)} {flat_expected[target]}")
+      bad_shape.append(
+        f"{raw_key}: {tuple(np.asarray(value).shape)} does not fit {'/'.join(target)} {flat_expected[target]}"
+      )
       continue
     if not np.issubdtype(arr.dtype, np.floating):
       bad_shape.append(f"{raw_key}: dtype {arr.dtype} is not floating point")
@@ -357,15 +382,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
     out[target] = np.ascontiguousarray(arr, dtype=np.float32)
   missing = sorted(".".join(k[1:]) for k in flat_expected if k not in out)
   if unexpected or bad_shape or missing:
-    msg = [f"{source} is not a pytorch-fid FID-Inception state_dict "
-           f"(torchvision Inception3 layout, 1008 logits):"]
+    msg = [f"{source} is not a pytorch-fid FID-Inception state_dict (torchvision Inception3 layout, 1008 logits):"]
     if missing:
       msg.append(f"{len(missing)} missing parameters, e.g. {missing[:3]}")
     if unexpected:
       msg.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}")
     if bad_shape:
       msg.append(f"{len(bad_shape)} bad tensors, e.g. {bad_shape[:3]}")
-    raise convert.CheckpointError("; ".join(msg))
+    raise CheckpointError("; ".join(msg))
   variables: Dict[str, Any] = {}
   for path, arr in out.items():
     node = variables
@@ -377,10 +401,12 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
 
 def _missing_weights_message(looked_at: Sequence[str]) -> str:
   where = "; ".join(looked_at) if looked_at else "no path was given"
-  return (f"FID Inception weights not found ({where}). Download {FID_WEIGHTS_FILENAME} from "
-          f"{FID_WEIGHTS_URL} and point to it with --inception_weights=PATH (CLI), "
-          f"{CONFIG_KEY} (training config) or the {WEIGHTS_ENV_VAR} environment variable. "
-          f"A .npz with the same torch-layout keys is accepted too (no torch needed).")
+  return (
+    f"FID Inception weights not found ({where}). Download {FID_WEIGHTS_FILENAME} from "
+    f"{FID_WEIGHTS_URL} and point to it with --inception_weights=PATH (CLI), "
+    f"{CONFIG_KEY} (training config) or the {WEIGHTS_ENV_VAR} environment variable. "
+    f"A .npz with the same torch-layout keys is accepted too (no torch needed)."
+  )
 
 
 def resolve_weights_path(path: Optional[str] = None, config: Any = None) -> str:
@@ -388,7 +414,7 @@ def resolve_weights_path(path: Optional[str] = None, config: Any = None) -> str:
   then ``$DXMI_INCEPTION_WEIGHTS``, then torch.hub's cache.
 
   Raises:
-    convert.CheckpointError with download instructions when none exists.
+    CheckpointError with download instructions when none exists.
   """
   looked_at = []
   candidates = []
@@ -408,7 +434,7 @@ def resolve_weights_path(path: Optional[str] = None, config: Any = None) -> str:
     looked_at.append(f"{origin} {cand} does not exist")
     if origin == "given path":  # an explicit path that is wrong is an error, no fallback
       break
-  raise convert.CheckpointError(_missing_weights_message(looked_at))
+  raise CheckpointError(_missing_weights_message(looked_at))
 
 
 def _config_weights(config: Any) -> Optional[str]:
@@ -417,17 +443,17 @@ def _config_weights(config: Any) -> Optional[str]:
   ev = config.get("eval") if isinstance(config, Mapping) else getattr(config, "eval", None)
   if ev is None:
     return None
-  val = ev.get("inception_weights") if isinstance(ev, Mapping) else getattr(
-      ev, "inception_weights", None)
+  val = ev.get("inception_weights") if isinstance(ev, Mapping) else getattr(ev, "inception_weights", None)
   return os.fspath(val) if val else None
 
 
-def load_variables(source: Union[str, os.PathLike, Mapping[str, Any], None] = None,
-                   config: Any = None) -> Dict[str, Any]:
+def load_variables(
+  source: Union[str, os.PathLike, Mapping[str, Any], None] = None, config: Any = None
+) -> Dict[str, Any]:
   """Flax variables of the FID Inception from a path or an in-memory state_dict.
 
   ``source`` may be a mapping {torch key: numpy array} (already loaded), a
-  ``.pth``/``.pt`` file (read with :func:`dxmi_jax.convert.load_torch_state_dict`,
+  ``.pth``/``.pt`` file (read with :func:`dxmi_jax.torch_files.load_torch_state_dict`,
   needs torch), a ``.npz`` holding the torch-layout keys, or ``None`` to use
   ``config.eval.inception_weights`` / ``$DXMI_INCEPTION_WEIGHTS``.
   """
@@ -439,9 +465,9 @@ def load_variables(source: Union[str, os.PathLike, Mapping[str, Any], None] = No
       with np.load(path, allow_pickle=False) as z:
         sd = {k: z[k] for k in z.files}
     except (OSError, ValueError) as e:
-      raise convert.CheckpointError(f"{path} is not a readable .npz: {e}") from e
+      raise CheckpointError(f"{path} is not a readable .npz: {e}") from e
   else:
-    sd, _ = convert.load_torch_state_dict(path)
+    sd, _ = load_torch_state_dict(path)
   return torch_to_flax(sd, source=path)
 
 

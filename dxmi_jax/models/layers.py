@@ -16,6 +16,7 @@ Initialisers follow PyTorch's defaults (weight and bias ~ U(-1/sqrt(fan_in),
 scratch; layers the official code zero-initialises take ``zero_init=True``.
 Parameters are always float32; ``dtype`` is the computation (activation) dtype.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,8 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dxmi_jax.models import conv
 
 Dtype = Any
 
@@ -53,6 +56,7 @@ def canonical_dtype(dtype) -> jnp.dtype:
 
 class Conv2d(nn.Module):
   """torch.nn.Conv2d on NHWC input; ``padding`` is torch's symmetric int padding."""
+
   features: int
   kernel_size: int = 3
   stride: int = 1
@@ -66,21 +70,20 @@ class Conv2d(nn.Module):
     k, cin = self.kernel_size, x.shape[-1]
     fan_in = cin * k * k
     zeros = nn.initializers.zeros
-    kernel = self.param("kernel", zeros if self.zero_init else torch_kernel_init,
-                        (k, k, cin, self.features), jnp.float32)
-    p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-        ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kernel = self.param(
+      "kernel", zeros if self.zero_init else torch_kernel_init, (k, k, cin, self.features), jnp.float32
+    )
+    # models/conv.py: the same convolution, with a gradient XLA:CPU runs fast inside scans
+    y = conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
     if self.use_bias:
-      bias = self.param("bias", zeros if self.zero_init else torch_bias_init(fan_in),
-                        (self.features,), jnp.float32)
+      bias = self.param("bias", zeros if self.zero_init else torch_bias_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
 
 
 class Dense(nn.Module):
   """torch.nn.Linear."""
+
   features: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
@@ -91,26 +94,26 @@ class Dense(nn.Module):
     kernel = self.param("kernel", torch_kernel_init, (fan_in, self.features), jnp.float32)
     y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param("bias", torch_bias_init(fan_in), (self.features,),
-                         jnp.float32).astype(self.dtype)
+      y = y + self.param("bias", torch_bias_init(fan_in), (self.features,), jnp.float32).astype(self.dtype)
     return y
 
 
 class Embed(nn.Module):
   """torch.nn.Embedding (N(0, 1) init unless ``embedding_init`` is given)."""
+
   num_embeddings: int
   features: int
   embedding_init: Callable = nn.initializers.normal(1.0)
 
   @nn.compact
   def __call__(self, ids):
-    table = self.param("embedding", self.embedding_init,
-                       (self.num_embeddings, self.features), jnp.float32)
+    table = self.param("embedding", self.embedding_init, (self.num_embeddings, self.features), jnp.float32)
     return jnp.take(table, ids, axis=0)
 
 
 class GroupNorm(nn.Module):
   """torch.nn.GroupNorm(num_groups, C, eps, affine=True), stats in float32."""
+
   num_groups: int = 32
   epsilon: float = 1e-5
 
@@ -139,3 +142,26 @@ def avg_pool2x2(x):
   b, h, w, c = x.shape
   x = x[:, : h // 2 * 2, : w // 2 * 2]
   return x.reshape(b, h // 2, 2, w // 2, 2, c).mean((2, 4), dtype=jnp.float32).astype(x.dtype)
+
+
+#: ``remat`` values of the networks: what a block keeps for the backward pass
+REMAT_POLICIES = {
+  "none": None,  # every activation is stored
+  "blocks": jax.checkpoint_policies.nothing_saveable,  # only block inputs; block internals recomputed
+}
+
+
+def remat_block(block_cls, remat: str, static_argnums=()):
+  """``block_cls`` itself, or wrapped in ``nn.remat`` under the jax.checkpoint policy ``remat``.
+
+  Rematerialising each residual / attention block keeps only the block boundaries
+  alive between the forward and the backward pass (one more block forward per
+  backward) -- the large-batch UNet gradients of the policy update need that to
+  fit.  Parameter names and values are unchanged.  ``static_argnums`` count
+  ``self`` as 0 (flax's convention), e.g. a ``deterministic`` flag.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}")
+  if REMAT_POLICIES[remat] is None:
+    return block_cls
+  return nn.remat(block_cls, policy=REMAT_POLICIES[remat], static_argnums=static_argnums)

@@ -9,6 +9,7 @@ networks: ``mlp(concat([x, time_feature(t)]))``.
   ``t * time_scale * 1000`` (useful for the epsilon network of a DDPM, whose
   time input spans 0..1000).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ def sinusoidal_embedding(t, dim: int):
 
 class TimeMLP(nn.Module):
   """``Dense -> SiLU -> ... -> Dense`` on ``[x, time feature]``; returns (B, out_dim)."""
+
   out_dim: int
   hidden: Sequence[int] = (128, 128, 128)
   time_scale: float = 1.0

@@ -8,6 +8,7 @@ MLPs) join with ``register(arch, module_cls, default_config_fn, example_inputs_f
 Every network is called as ``model.apply({"params": p}, x, t, y=None,
 deterministic=True, rngs={"dropout": key})``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from dxmi_jax.models.adm_unet import ADMUNet, adm_imagenet64, adm_lsun256
+from dxmi_jax.models import ddgan as _ddgan
 from dxmi_jax.models.ddpm_unet import DDPMUNet, ddpm_cifar10
 from dxmi_jax.models.igebm import IGEBMValue, igebm_nh128
+from dxmi_jax.models import official_names
 from dxmi_jax.models.layers import canonical_dtype
 
 
@@ -43,9 +46,12 @@ class Entry(NamedTuple):
 _REGISTRY: Dict[str, Entry] = {}
 
 
-def register(arch: str, module: Type[nn.Module],
-             default_config_fn: Callable[[], ml_collections.ConfigDict],
-             example_inputs_fn: Optional[Callable] = None) -> None:
+def register(
+  arch: str,
+  module: Type[nn.Module],
+  default_config_fn: Callable[[], ml_collections.ConfigDict],
+  example_inputs_fn: Optional[Callable] = None,
+) -> None:
   """Adds (or replaces) an architecture.
 
   ``example_inputs_fn(cfg, batch) -> (x, t, y)`` gives inputs of the right shapes
@@ -74,15 +80,17 @@ def resolve_config(arch: str, cfg=None, **overrides) -> ml_collections.ConfigDic
 
   Sequences become tuples, integers given for float fields become floats and
   dtypes are stored by name, so ``ch_mult=[1, 2, 2]``, ``dropout=0`` and
-  ``dtype=jnp.bfloat16`` all work.
+  ``dtype=jnp.bfloat16`` all work.  The official YAML names (``num_channels``,
+  ``class_cond``, ``attention_resolutions="32,16,8"``, ``channel_mult=""``, ...) are
+  translated first (``official_names``).
   """
   out = default_config(arch)
-  merged = dict(cfg or {})
-  merged.update(overrides)
+  # the official YAML names are accepted too; overrides win over cfg
+  merged = official_names.translate(arch, cfg or {})
+  merged.update(official_names.translate(arch, overrides))
   unknown = sorted(set(merged) - set(out.keys()))
   if unknown:
-    raise ValueError(f"unknown config key(s) {unknown} for arch {arch!r}; "
-                     f"valid keys: {sorted(out.keys())}")
+    raise ValueError(f"unknown config key(s) {unknown} for arch {arch!r}; valid keys: {sorted(out.keys())}")
   with out.unlocked():
     for k, v in merged.items():
       if k == "dtype":
@@ -134,11 +142,13 @@ def config_to_json_dict(cfg: Mapping) -> dict:
 register("ddpm_unet", DDPMUNet, ddpm_cifar10)
 register("adm_unet", ADMUNet, adm_imagenet64)
 register("igebm", IGEBMValue, igebm_nh128)
+register("ddgan_ncsnpp", _ddgan.DDGANGenerator, _ddgan.ddgan_cifar10, _ddgan.example_inputs)
 
 # Ready-made configs, importable from here too.
 CONFIGS = {
-    "ddpm_cifar10": ("ddpm_unet", ddpm_cifar10),
-    "adm_imagenet64": ("adm_unet", adm_imagenet64),
-    "adm_lsun256": ("adm_unet", adm_lsun256),
-    "igebm_nh128": ("igebm", igebm_nh128),
+  "ddpm_cifar10": ("ddpm_unet", ddpm_cifar10),
+  "adm_imagenet64": ("adm_unet", adm_imagenet64),
+  "adm_lsun256": ("adm_unet", adm_lsun256),
+  "igebm_nh128": ("igebm", igebm_nh128),
+  "ddgan_cifar10": ("ddgan_ncsnpp", _ddgan.ddgan_cifar10),
 }

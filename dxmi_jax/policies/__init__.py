@@ -7,17 +7,20 @@ Kinds (``config.policy.kind``):
 * ``"ddpm"``:     Ho et al. ancestral sampling over all 1000 DDPM steps (baseline).
 * ``"edm"``:      EDM / Karras ancestral sampler on a raw ADM UNet (ImageNet-64, LSUN).
 * ``"residual"``: x + net(x, t) + sigma z (the 2D toy policy).
+* ``"ddgan"``:    DDGAN's posterior sampler around its NCSN++ generator (CIFAR-10 T=4).
 """
+
 from __future__ import annotations
 
 import numbers
 
 from dxmi_jax.policies import schedules
 from dxmi_jax.policies.base import GaussianPolicy, StepOut, bcast, gather_steps, sigma_from_log
+from dxmi_jax.policies.ddgan import DDGANPolicy
 from dxmi_jax.policies.edm import EDMPolicy
 from dxmi_jax.policies.var import DDPMAncestralPolicy, VARPolicy
 
-POLICY_KINDS = ("var", "ddim", "ddpm", "edm", "residual")
+POLICY_KINDS = ("var", "ddim", "ddpm", "edm", "residual", "ddgan")
 
 _MISSING = object()
 
@@ -31,8 +34,7 @@ def _section(config):
     return config.policy
   if _get(config, "kind", _MISSING) is not _MISSING:
     return config
-  raise ValueError("config.policy is missing: expected a section with at least "
-                   "'kind' and 'num_steps'")
+  raise ValueError("config.policy is missing: expected a section with at least 'kind' and 'num_steps'")
 
 
 def _get(section, key, default=_MISSING):
@@ -75,46 +77,80 @@ def build_policy(config, net) -> GaussianPolicy:
     pin_last_tau:     var/ddim: official last network time (default True).
     sigma_min, sigma_max, rho, stochastic_last, sigma_data: edm
                       (defaults 0.002, 80, 7, False, 0.5).
+    beta_min, beta_max: ddgan's VP schedule (defaults 0.1, 20).
 
   Raises ValueError naming the offending ``config.policy.<key>``.
   """
   sec = _section(config)
   kind = _require(sec, "kind", lambda v: v in POLICY_KINDS, f"one of {POLICY_KINDS}")
   if kind == "ddpm":
-    num_steps = _require(sec, "num_steps", lambda v: v == 1000,
-                         "1000 (the DDPM sampler runs every diffusion step)", default=1000)
+    num_steps = _require(
+      sec, "num_steps", lambda v: v == 1000, "1000 (the DDPM sampler runs every diffusion step)", default=1000
+    )
     return DDPMAncestralPolicy(net, num_steps)
   num_steps = int(_require(sec, "num_steps", lambda v: _is_int(v) and v >= 1, "an integer >= 1"))
   if kind in ("var", "ddim"):
     default_trainable = "fix_last" if kind == "var" else False
-    trainable = _require(sec, "trainable_sigma", _is_trainable, "'fix_last', True or False",
-                         default=default_trainable)
+    trainable = _require(sec, "trainable_sigma", _is_trainable, "'fix_last', True or False", default=default_trainable)
     if kind == "ddim" and trainable is not False:
-      raise ValueError(f"config.policy.trainable_sigma must be False for the deterministic "
-                       f"ddim sampler, got {trainable!r}")
-    pin = _require(sec, "pin_last_tau", lambda v: isinstance(v, bool), "True or False",
-                   default=True)
-    return VARPolicy(net, num_steps, trainable_sigma=trainable,
-                     sampler="ancestral" if kind == "var" else "ddim", pin_last_tau=pin)
+      raise ValueError(
+        f"config.policy.trainable_sigma must be False for the deterministic ddim sampler, got {trainable!r}"
+      )
+    pin = _require(sec, "pin_last_tau", lambda v: isinstance(v, bool), "True or False", default=True)
+    return VARPolicy(
+      net, num_steps, trainable_sigma=trainable, sampler="ancestral" if kind == "var" else "ddim", pin_last_tau=pin
+    )
   if kind == "edm":
-    trainable = _require(sec, "trainable_sigma", _is_trainable, "'fix_last', True or False",
-                         default="fix_last")
+    trainable = _require(sec, "trainable_sigma", _is_trainable, "'fix_last', True or False", default="fix_last")
     sigma_min = _require(sec, "sigma_min", _is_pos_number, "a number > 0", default=0.002)
-    sigma_max = _require(sec, "sigma_max", lambda v: _is_pos_number(v) and v > sigma_min,
-                         f"a number > sigma_min ({sigma_min})", default=80.0)
+    sigma_max = _require(
+      sec,
+      "sigma_max",
+      lambda v: _is_pos_number(v) and v > sigma_min,
+      f"a number > sigma_min ({sigma_min})",
+      default=80.0,
+    )
     rho = _require(sec, "rho", _is_pos_number, "a number > 0", default=7.0)
-    stochastic_last = _require(sec, "stochastic_last", lambda v: isinstance(v, bool),
-                               "True or False", default=False)
+    stochastic_last = _require(sec, "stochastic_last", lambda v: isinstance(v, bool), "True or False", default=False)
     sigma_data = _require(sec, "sigma_data", _is_pos_number, "a number > 0", default=0.5)
-    return EDMPolicy(net, num_steps, sigma_min=float(sigma_min), sigma_max=float(sigma_max),
-                     rho=float(rho), stochastic_last=stochastic_last, trainable_sigma=trainable,
-                     sigma_data=float(sigma_data))
+    return EDMPolicy(
+      net,
+      num_steps,
+      sigma_min=float(sigma_min),
+      sigma_max=float(sigma_max),
+      rho=float(rho),
+      stochastic_last=stochastic_last,
+      trainable_sigma=trainable,
+      sigma_data=float(sigma_data),
+    )
+  if kind == "ddgan":
+    trainable = _require(sec, "trainable_sigma", _is_trainable, "'fix_last', True or False", default="fix_last")
+    beta_min = _require(sec, "beta_min", _is_pos_number, "a number > 0", default=0.1)
+    beta_max = _require(
+      sec, "beta_max", lambda v: _is_pos_number(v) and v > beta_min, f"a number > beta_min ({beta_min})", default=20.0
+    )
+    if not hasattr(net, "nz"):
+      raise ValueError(
+        f"config.policy.kind='ddgan' needs the DDGAN generator "
+        f"(config.policy.net.arch='ddgan_ncsnpp'), got {type(net).__name__}"
+      )
+    return DDGANPolicy(net, num_steps, trainable_sigma=trainable, beta_min=float(beta_min), beta_max=float(beta_max))
   # residual: the 2D toy policy with the quadratic VAR eta (official 2D trainer test)
   from dxmi_jax.policies.residual import ResidualPolicy  # pylint: disable=g-import-not-at-top
+
   return ResidualPolicy(net, num_steps, schedules.var_user_defined_eta(num_steps))
 
 
 __all__ = [
-    "GaussianPolicy", "StepOut", "bcast", "gather_steps", "sigma_from_log",
-    "VARPolicy", "DDPMAncestralPolicy", "EDMPolicy", "POLICY_KINDS", "build_policy",
+  "GaussianPolicy",
+  "StepOut",
+  "bcast",
+  "gather_steps",
+  "sigma_from_log",
+  "VARPolicy",
+  "DDPMAncestralPolicy",
+  "EDMPolicy",
+  "DDGANPolicy",
+  "POLICY_KINDS",
+  "build_policy",
 ]

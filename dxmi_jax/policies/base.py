@@ -15,10 +15,11 @@ functions, never traced).  Its trainable parameters are a dict
 Everything is per sample: ``t`` is an int32 vector with one timestep per sample,
 so minibatches may mix timesteps (reference §8 item 26).
 """
+
 from __future__ import annotations
 
 import abc
-from typing import Any, Optional
+from typing import Any
 
 import flax
 import jax
@@ -39,6 +40,7 @@ class StepOut:
   log_sigma:  (B,) log of the sigma used for the entropy term (EDM clamps it
               at 1e-4 first; for the other policies it is log(sigma)).
   """
+
   sample: Array
   mean: Array
   sigma: Array
@@ -118,8 +120,7 @@ class GaussianPolicy(abc.ABC):
     kwargs = {}
     if y is not None:
       kwargs["y"] = y
-    return self.net.apply({"params": params["net"]}, x, t_net,
-                          deterministic=not train, rngs=rngs or {}, **kwargs)
+    return self.net.apply({"params": params["net"]}, x, t_net, deterministic=not train, rngs=rngs or {}, **kwargs)
 
 
 def sigma_from_log(params, t, trainable_mask, fixed_sigma):

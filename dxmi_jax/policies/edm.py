@@ -19,6 +19,7 @@ the trainable ``log_sigma`` sets only the injected noise sigma~:
 The entropy's sigma is clamped at >= 1e-4 (official ``sigma_up.clamp(1e-4)``),
 so a deterministic last step has the constant log sigma = log 1e-4.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -45,14 +46,23 @@ class EDMPolicy(GaussianPolicy):
     sigma_data: EDM preconditioning constant.
   """
 
-  def __init__(self, net, num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-               rho: float = 7.0, stochastic_last: bool = False, trainable_sigma="fix_last",
-               sigma_data: float = 0.5):
+  def __init__(
+    self,
+    net,
+    num_steps: int,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    rho: float = 7.0,
+    stochastic_last: bool = False,
+    trainable_sigma="fix_last",
+    sigma_data: float = 0.5,
+  ):
     if not sigma_data > 0:
       raise ValueError(f"sigma_data must be > 0, got {sigma_data!r}")
     self.net = net
-    self.schedule = schedules.karras_schedule(num_steps, float(sigma_min), float(sigma_max),
-                                              float(rho), bool(stochastic_last))
+    self.schedule = schedules.karras_schedule(
+      num_steps, float(sigma_min), float(sigma_max), float(rho), bool(stochastic_last)
+    )
     self.num_steps = self.schedule.num_steps
     self.prior_std = float(sigma_max)
     self.sigma_data = float(sigma_data)
@@ -84,8 +94,10 @@ class EDMPolicy(GaussianPolicy):
 
   def denoise(self, params, x, t, y=None, *, train=False, rngs=None):
     """D(x; sigma_t, y) with the policy's network."""
+
     def unet_apply(u, c_noise, yy):
       return self.apply_net(params, u, c_noise, yy, train=train, rngs=rngs).reshape(u.shape)
+
     return edm_denoise(unet_apply, x, self.noise_level(t), y, sigma_data=self.sigma_data)
 
   def mean_and_sigma(self, params, x, t, y=None, *, train=False, rngs=None):
@@ -99,5 +111,7 @@ class EDMPolicy(GaussianPolicy):
 
   def __repr__(self):
     s = self.schedule
-    return (f"EDMPolicy(T={self.num_steps}, sigma=[{s.sigma_min}, {s.sigma_max}], rho={s.rho}, "
-            f"stochastic_last={s.stochastic_last}, trainable_sigma={self.trainable_sigma!r})")
+    return (
+      f"EDMPolicy(T={self.num_steps}, sigma=[{s.sigma_min}, {s.sigma_max}], rho={s.rho}, "
+      f"stochastic_last={s.stochastic_last}, trainable_sigma={self.trainable_sigma!r})"
+    )

@@ -5,6 +5,7 @@ no fixed last step), network time input t / T.  This is the sampler recorded in
 ``dxmi_iteration_2d*.npz``; it is also a legitimate small policy for vector data.
 The log-sigmas start at ``0.5 * log(eta[T-1-t])`` with the quadratic VAR eta.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -41,4 +42,3 @@ class ResidualPolicy(GaussianPolicy):
 
   def __repr__(self):
     return f"ResidualPolicy(T={self.num_steps})"
-

@@ -19,6 +19,7 @@ Public names: ``BETA_START``, ``BETA_END``, ``NUM_DIFFUSION_STEPS``,
 ``DDPMAncestralSchedule``, ``ddpm_ancestral_schedule``, ``karras_sigmas``,
 ``KarrasSchedule``, ``karras_schedule``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -98,6 +99,7 @@ class DDPMSchedule:
   ``beta_tilde[0] = beta[0]`` (the official code leaves entry 0 unscaled);
   ``sigma = sqrt(beta_tilde)``.
   """
+
   beta: np.ndarray
   alpha: np.ndarray
   alpha_bar: np.ndarray
@@ -106,8 +108,9 @@ class DDPMSchedule:
 
 
 @functools.lru_cache(maxsize=None)
-def ddpm_schedule(num_steps: int = NUM_DIFFUSION_STEPS, beta_start: float = BETA_START,
-                  beta_end: float = BETA_END) -> DDPMSchedule:
+def ddpm_schedule(
+  num_steps: int = NUM_DIFFUSION_STEPS, beta_start: float = BETA_START, beta_end: float = BETA_END
+) -> DDPMSchedule:
   """beta = linspace(beta_start, beta_end, K) and its products, as torch computes them (float32)."""
   beta = torch_linspace_f32(beta_start, beta_end, num_steps)
   alpha = f32(1) - beta
@@ -118,8 +121,7 @@ def ddpm_schedule(num_steps: int = NUM_DIFFUSION_STEPS, beta_start: float = BETA
 
 
 # ------------------------------------------------------------------------------------- VAR
-def _bisect(f: Callable[[float], float], lo: float, hi: float, target: float,
-            rel_tol: float) -> float:
+def _bisect(f: Callable[[float], float], lo: float, hi: float, target: float, rel_tol: float) -> float:
   """The official ``bisearch``: f is assumed decreasing on (lo, hi).
 
   At most 1000 midpoints; stops at the first midpoint with
@@ -148,8 +150,7 @@ def _var_eta_and_x(num_steps: int):
   """(eta, x, hi): the quadratic eta_j = beta_0 (1 + j x)^2 fitted by bisection."""
   target = np.prod(1.0 - np.linspace(BETA_START, BETA_END, NUM_DIFFUSION_STEPS))
   hi = 0.95 / np.sqrt(BETA_START) / num_steps
-  x = _bisect(lambda v: float(np.prod(1.0 - _quadratic_eta(num_steps, v))), 0.0, float(hi),
-              float(target), 1e-4)
+  x = _bisect(lambda v: float(np.prod(1.0 - _quadratic_eta(num_steps, v))), 0.0, float(hi), float(target), 1e-4)
   return _quadratic_eta(num_steps, x), x, float(hi)
 
 
@@ -252,6 +253,7 @@ class VARSchedule:
   ddim_x_mult, ddim_eps_mult: deterministic DDIM (eta = 0) coefficients on the
                         same Gamma_bar / tau: b_t = sqrt(1 - abar_next) - sqrt(1 - abar_cur) a_t.
   """
+
   num_steps: int
   eta: np.ndarray
   eta_x: float
@@ -287,7 +289,7 @@ def _var_coefficients(gamma_bar: np.ndarray, kappa: float):
   sigma = f32(kappa) * np.sqrt((f32(1) - nxt) / (f32(1) - cur) * (f32(1) - cur / nxt))
   sigma[num - 1] = 0
   a = np.sqrt(nxt / cur)
-  b = np.sqrt(f32(1) - nxt - sigma ** 2) - np.sqrt(f32(1) - cur) * np.sqrt(nxt / cur)
+  b = np.sqrt(f32(1) - nxt - sigma**2) - np.sqrt(f32(1) - cur) * np.sqrt(nxt / cur)
   return a.astype(f32), b.astype(f32), sigma.astype(f32)
 
 
@@ -305,11 +307,25 @@ def var_schedule(num_steps: int, *, pin_last_tau: bool = True) -> VARSchedule:
   ddim_a, ddim_b, _ = _var_coefficients(gamma_bar, 0.0)
   std = sigma.copy()
   std[-1] = f32(0.001)
-  return _freeze(VARSchedule(
-      num_steps=num_steps, eta=eta, eta_x=float(x), eta_x_max=hi, target_reached=reached,
-      gamma_bar=gamma_bar, tau=tau, x_mult=a, eps_mult=b, sigma=sigma, std=std,
-      log_sigma_init=np.log(std).astype(f32), velocity_scale_init=eta[::-1].astype(f32),
-      ddim_x_mult=ddim_a, ddim_eps_mult=ddim_b))
+  return _freeze(
+    VARSchedule(
+      num_steps=num_steps,
+      eta=eta,
+      eta_x=float(x),
+      eta_x_max=hi,
+      target_reached=reached,
+      gamma_bar=gamma_bar,
+      tau=tau,
+      x_mult=a,
+      eps_mult=b,
+      sigma=sigma,
+      std=std,
+      log_sigma_init=np.log(std).astype(f32),
+      velocity_scale_init=eta[::-1].astype(f32),
+      ddim_x_mult=ddim_a,
+      ddim_eps_mult=ddim_b,
+    )
+  )
 
 
 # ------------------------------------------------------------------------ DDPM T = 1000
@@ -325,6 +341,7 @@ class DDPMAncestralSchedule:
   ``velocity_scale_init`` = beta_k (the per-step variance, the K-step analogue
   of VAR's eta).
   """
+
   num_steps: int
   x_mult: np.ndarray
   eps_mult: np.ndarray
@@ -341,9 +358,16 @@ def ddpm_ancestral_schedule() -> DDPMAncestralSchedule:
   b = -(d.beta[k] / np.sqrt(f32(1) - d.alpha_bar[k])) * a
   sigma = d.sigma[k].copy()
   sigma[-1] = 0
-  return _freeze(DDPMAncestralSchedule(
-      num_steps=NUM_DIFFUSION_STEPS, x_mult=a.astype(f32), eps_mult=b.astype(f32),
-      sigma=sigma.astype(f32), net_time=k.astype(f32), velocity_scale_init=d.beta[k].astype(f32)))
+  return _freeze(
+    DDPMAncestralSchedule(
+      num_steps=NUM_DIFFUSION_STEPS,
+      x_mult=a.astype(f32),
+      eps_mult=b.astype(f32),
+      sigma=sigma.astype(f32),
+      net_time=k.astype(f32),
+      velocity_scale_init=d.beta[k].astype(f32),
+    )
+  )
 
 
 # ---------------------------------------------------------------------------- Karras / EDM
@@ -373,6 +397,7 @@ class KarrasSchedule:
   log_sigma_init:       log(max(sigma_up, 1e-3)) (official ``log_betas`` init).
   velocity_scale_init:  sigmas[:T]^2 (``DxMI_Trainer_Cond`` betas_for_q, forward order).
   """
+
   num_steps: int
   sigma_min: float
   sigma_max: float
@@ -386,8 +411,9 @@ class KarrasSchedule:
 
 
 @functools.lru_cache(maxsize=None)
-def karras_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                    rho: float = 7.0, stochastic_last: bool = False) -> KarrasSchedule:
+def karras_schedule(
+  num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, stochastic_last: bool = False
+) -> KarrasSchedule:
   num_steps = _check_steps(num_steps)
   if not 0 < sigma_min < sigma_max:
     raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -399,11 +425,19 @@ def karras_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float =
     sigmas = np.concatenate([karras_sigmas(num_steps, sigma_min, sigma_max, rho), [f32(0)]])
   sigmas = sigmas.astype(f32)
   s0, s1 = sigmas[:-1], sigmas[1:]
-  up = np.sqrt(s1 ** 2 * (s0 ** 2 - s1 ** 2) / s0 ** 2)
-  down = np.sqrt(s1 ** 2 - up ** 2)
-  return _freeze(KarrasSchedule(
-      num_steps=num_steps, sigma_min=float(sigma_min), sigma_max=float(sigma_max),
-      rho=float(rho), stochastic_last=bool(stochastic_last), sigmas=sigmas,
-      sigma_up=up.astype(f32), sigma_down=down.astype(f32),
+  up = np.sqrt(s1**2 * (s0**2 - s1**2) / s0**2)
+  down = np.sqrt(s1**2 - up**2)
+  return _freeze(
+    KarrasSchedule(
+      num_steps=num_steps,
+      sigma_min=float(sigma_min),
+      sigma_max=float(sigma_max),
+      rho=float(rho),
+      stochastic_last=bool(stochastic_last),
+      sigmas=sigmas,
+      sigma_up=up.astype(f32),
+      sigma_down=down.astype(f32),
       log_sigma_init=np.log(np.maximum(up, f32(1e-3))).astype(f32),
-      velocity_scale_init=(s0 ** 2).astype(f32)))
+      velocity_scale_init=(s0**2).astype(f32),
+    )
+  )

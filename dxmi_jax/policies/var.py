@@ -23,6 +23,7 @@ Ho et al.'s 1000-step sampler for the "DDPM T=1000" baselines.
 The networks are unconditional: class labels ``y`` are ignored, as the
 official ``VARSampler.sample_step`` does not pass them on.
 """
+
 from __future__ import annotations
 
 from typing import Union
@@ -48,8 +49,7 @@ def check_trainable_sigma(trainable_sigma) -> Union[str, bool]:
     return bool(trainable_sigma)
   if isinstance(trainable_sigma, str) and trainable_sigma == "fix_last":
     return "fix_last"
-  raise ValueError("trainable_sigma must be one of 'fix_last', True, False; "
-                   f"got {trainable_sigma!r}")
+  raise ValueError(f"trainable_sigma must be one of 'fix_last', True, False; got {trainable_sigma!r}")
 
 
 def trainable_mask(trainable_sigma, num_steps: int) -> np.ndarray:
@@ -74,8 +74,9 @@ class VARPolicy(GaussianPolicy):
 
   prior_std = 1.0
 
-  def __init__(self, net, num_steps: int, trainable_sigma="fix_last", sampler: str = "ancestral",
-               pin_last_tau: bool = True):
+  def __init__(
+    self, net, num_steps: int, trainable_sigma="fix_last", sampler: str = "ancestral", pin_last_tau: bool = True
+  ):
     self.net = net
     self.schedule = schedules.var_schedule(num_steps, pin_last_tau=pin_last_tau)
     self.num_steps = self.schedule.num_steps
@@ -95,12 +96,10 @@ class VARPolicy(GaussianPolicy):
       self._log_sigma_init = s.log_sigma_init
     else:
       if self.trainable_sigma is not False:
-        raise ValueError("the DDIM sampler is deterministic: it needs trainable_sigma=False, "
-                         f"got {trainable_sigma!r}")
+        raise ValueError(f"the DDIM sampler is deterministic: it needs trainable_sigma=False, got {trainable_sigma!r}")
       self._x_mult, self._eps_mult = s.ddim_x_mult, s.ddim_eps_mult
       self._fixed_sigma = np.zeros((self.num_steps,), f32)
-      self._log_sigma_init = np.full((self.num_steps,), np.log(f32(DETERMINISTIC_LOG_SIGMA_FLOOR)),
-                                     f32)
+      self._log_sigma_init = np.full((self.num_steps,), np.log(f32(DETERMINISTIC_LOG_SIGMA_FLOOR)), f32)
     self._mask = trainable_mask(self.trainable_sigma, self.num_steps)
 
   # ------------------------------------------------------------------ init
@@ -133,8 +132,7 @@ class VARPolicy(GaussianPolicy):
     return mean, sigma, jnp.log(sigma)
 
   def __repr__(self):
-    return (f"VARPolicy(T={self.num_steps}, trainable_sigma={self.trainable_sigma!r}, "
-            f"sampler={self.sampler!r})")
+    return f"VARPolicy(T={self.num_steps}, trainable_sigma={self.trainable_sigma!r}, sampler={self.sampler!r})"
 
 
 class DDPMAncestralPolicy(GaussianPolicy):
@@ -150,8 +148,9 @@ class DDPMAncestralPolicy(GaussianPolicy):
 
   def __init__(self, net, num_steps: int = schedules.NUM_DIFFUSION_STEPS):
     if num_steps != schedules.NUM_DIFFUSION_STEPS:
-      raise ValueError(f"the DDPM ancestral sampler runs all {schedules.NUM_DIFFUSION_STEPS} "
-                       f"steps, got num_steps={num_steps!r}")
+      raise ValueError(
+        f"the DDPM ancestral sampler runs all {schedules.NUM_DIFFUSION_STEPS} steps, got num_steps={num_steps!r}"
+      )
     self.net = net
     self.schedule = schedules.ddpm_ancestral_schedule()
     self.num_steps = self.schedule.num_steps
@@ -172,8 +171,7 @@ class DDPMAncestralPolicy(GaussianPolicy):
   def mean_and_sigma(self, params, x, t, y=None, *, train=False, rngs=None):
     del y
     eps = self.apply_net(params, x, self.net_time(t), None, train=train, rngs=rngs).reshape(x.shape)
-    mean = (bcast(gather_steps(self.schedule.x_mult, t), x) * x
-            + bcast(gather_steps(self.schedule.eps_mult, t), x) * eps)
+    mean = bcast(gather_steps(self.schedule.x_mult, t), x) * x + bcast(gather_steps(self.schedule.eps_mult, t), x) * eps
     sigma = gather_steps(self.schedule.sigma, t)
     return mean, sigma, jnp.log(jnp.maximum(sigma, DETERMINISTIC_LOG_SIGMA_FLOOR))
 

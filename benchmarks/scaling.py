@@ -1,0 +1,268 @@
+"""Per-device cost and memory of the compiled DxMI train step, by device count (compile only).
+
+Every figure comes from XLA itself: ``jax.jit(step).lower(...).compile()`` on abstract
+inputs (``jax.ShapeDtypeStruct`` with their shardings, synthetic data of the real
+shape), then ``cost_analysis()["flops"]`` and ``memory_analysis()``.  Nothing runs,
+so the real ImageNet-64 / LSUN-256 steps can be measured on a CPU.  Each device count
+is compiled in its own subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (fake CPU devices: XLA's SPMD
+partitioner produces the per-device program a pod would run).
+
+XLA's cost analysis counts the body of a ``while`` loop (a ``lax.scan``) once, not
+once per trip, so FLOPs are those of one trip of each loop; the 8-vs-1 ratio compares
+the same program structure, which is what the data-parallel split is about.
+
+    python benchmarks/scaling.py                 # smoke ratios + big-config memory -> results/scaling.json
+    python benchmarks/scaling.py --only=smoke    # the global-batch-16 ratios only (about 2 minutes)
+    python benchmarks/scaling.py --only=big      # the real ImageNet-64 / LSUN-256 steps only
+
+One measurement alone (JSON on stdout):
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/scaling.py \
+        --worker='{"config": "configs/imagenet64.py:smoke", "batch": 16}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+#: (name, config, global batch, overrides) of the global-batch-16 ratio targets
+SMOKE = [
+  ("cifar10:smoke", "configs/cifar10.py:smoke", 16, {}),
+  ("imagenet64:smoke", "configs/imagenet64.py:smoke", 16, {}),
+]
+#: the real configs whose per-device memory issue 10 asks for, and the options measured
+BIG = [("imagenet64_t10_b128", "configs/imagenet64.py", 128, {}), ("lsun256_t4_b64", "configs/lsun_bedroom.py", 64, {})]
+OPTIONS = {"off": {}, "on": {"policy.net.remat": "blocks", "value.remat": "blocks", "training.fsdp": True}}
+#: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
+#: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+GB = 1e9
+
+
+def load_config(spec: str, overrides=None):
+  """``path.py[:variant]`` -> ConfigDict with dotted overrides applied (synthetic data)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  path, _, variant = spec.partition(":")
+  module = importlib.import_module(path.replace("/", ".").removesuffix(".py"))
+  c = module.get_config(variant)
+  c.data.name = "synthetic"
+  c.init.policy_checkpoint = ""
+  # the convolution GPUs and TPUs compile ("auto" picks the im2col "loop_safe" gradient on a CPU
+  # backend only, whose patch matrices would dominate a CPU memory analysis)
+  c.perf.conv = "xla"
+  if c.data.class_cond:
+    c.data.num_classes = c.policy.net.get("num_classes") or c.data.num_classes
+  for key, value in (overrides or {}).items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def measure(spec: str, batch: int, overrides=None) -> dict:
+  """Compiles the train step of ``spec`` at global ``batch`` on every visible device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import experiment, parallel, train  # pylint: disable=import-outside-toplevel
+
+  c = load_config(spec, overrides)
+  c.training.batch_size = batch
+  exp = experiment.build(c)
+  mesh = parallel.make_mesh()
+  t0 = time.time()
+  lowered = train.lower_train_step(exp, mesh)
+  t_lower = time.time() - t0
+  compiled = lowered.compile()
+  t_compile = time.time() - t0 - t_lower
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  return {
+    "config": spec,
+    "batch": batch,
+    "overrides": overrides or {},
+    "devices": jax.device_count(),
+    "flops_per_device": float(cost.get("flops", float("nan"))),
+    "temp_bytes": int(mem.temp_size_in_bytes),
+    "argument_bytes": int(mem.argument_size_in_bytes),
+    "output_bytes": int(mem.output_size_in_bytes),
+    "alias_bytes": int(mem.alias_size_in_bytes),
+    "generated_code_bytes": int(mem.generated_code_size_in_bytes),
+    # what one device holds at the peak: arguments + temporaries (+ outputs not aliased to donated inputs)
+    "peak_bytes": int(
+      mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    ),
+    "lower_s": round(t_lower, 1),
+    "compile_s": round(t_compile, 1),
+    "compile_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+  }
+
+
+def measure_sampler(spec: str, batch: int) -> dict:
+  """The training-time sampler (``evaluators.images.ImageEvaluator``'s) compiled on every visible device."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import experiment, parallel, sampling  # pylint: disable=import-outside-toplevel
+
+  c = load_config(spec)
+  exp = experiment.build(c)
+  mesh = parallel.make_mesh()
+  gen = sampling.make_generator(exp.policy, exp.data_shape[1:], batch, mesh, value_apply=exp.nets.value_apply)
+  abstract = exp.abstract_state()
+  y = jax.ShapeDtypeStruct((batch,), jnp.int32) if exp.class_cond else None
+  t0 = time.time()
+  compiled = gen.lower(abstract.policy.params, jax.random.PRNGKey(0), y, abstract.value.params).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {
+    "config": spec,
+    "batch": batch,
+    "devices": jax.device_count(),
+    "flops_per_device": float(cost.get("flops", float("nan"))),
+    "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
+    "compile_s": round(time.time() - t0, 1),
+  }
+
+
+def sampler_ratios():
+  rows = []
+  for name, spec, _, _ in SMOKE:
+    one, eight = (run_worker({"sampler": True, "config": spec, "batch": 64}, n) for n in (1, 8))
+    row = {
+      "name": name,
+      "batch": 64,
+      "one": one,
+      "eight": eight,
+      "flops_ratio": eight["flops_per_device"] / one["flops_per_device"],
+    }
+    print(f"{name:18s} sampler, 64 samples: per-device FLOPs 8 vs 1 = {row['flops_ratio']:.3f}x", flush=True)
+    rows.append(row)
+  return rows
+
+
+def run_worker(job: dict, devices: int, timeout: int = 3600) -> dict:
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  proc = subprocess.run(
+    [sys.executable, os.path.abspath(__file__), "--worker=" + json.dumps(job)],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  if proc.returncode:
+    raise RuntimeError(f"worker {job} at {devices} devices failed:\n{proc.stderr[-4000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def smoke_ratios():
+  rows = []
+  for name, spec, batch, over in SMOKE:
+    one = run_worker({"config": spec, "batch": batch, "overrides": over}, 1)
+    eight = run_worker({"config": spec, "batch": batch, "overrides": over}, 8)
+    row = {
+      "name": name,
+      "batch": batch,
+      "one": one,
+      "eight": eight,
+      "flops_ratio": eight["flops_per_device"] / one["flops_per_device"],
+      "temp_ratio": eight["temp_bytes"] / one["temp_bytes"],
+    }
+    print(
+      f"{name:18s} B={batch}: per-device FLOPs 8 vs 1 = {row['flops_ratio']:.3f}x (target <= 0.16), "
+      f"temporaries = {row['temp_ratio']:.3f}x (target <= 0.5)  "
+      f"[1: {one['flops_per_device'] / 1e9:.2f} GFLOP, {one['temp_bytes'] / 1e6:.1f} MB; "
+      f"8: {eight['flops_per_device'] / 1e9:.2f} GFLOP, {eight['temp_bytes'] / 1e6:.1f} MB]",
+      flush=True,
+    )
+    rows.append(row)
+  return rows
+
+
+def big_memory(device_counts=(1, 8, 64), options=("off", "on")):
+  rows = []
+  for name, spec, batch, over in BIG:
+    for opt in options:
+      for n in device_counts:
+        r = run_worker({"config": spec, "batch": batch, "overrides": dict(over, **OPTIONS[opt])}, n)
+        r.update(name=name, options=opt)
+        print(
+          f"{name:20s} options={opt:3s} devices={n:3d}: per device temporaries "
+          f"{r['temp_bytes'] / GB:7.2f} GB, arguments {r['argument_bytes'] / GB:6.2f} GB, "
+          f"peak {r['peak_bytes'] / GB:7.2f} GB  (compile {r['compile_s']:.0f} s, "
+          f"{r['compile_rss_gb']:.1f} GB RSS)",
+          flush=True,
+        )
+        rows.append(r)
+  return rows
+
+
+def machine():
+  import jax  # pylint: disable=import-outside-toplevel
+
+  return {
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "cpus": os.cpu_count(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": "cpu (fake devices)",
+  }
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--worker", default="", help="internal: one measurement as JSON")
+  ap.add_argument("--only", default="", choices=["", "smoke", "sampler", "big"])
+  ap.add_argument("--devices", default="1,8,64", help="device counts of the big-config memory table")
+  ap.add_argument("--out", default=os.path.join(REPO, "results", "scaling.json"))
+  args = ap.parse_args()
+  if args.worker:
+    job = json.loads(args.worker)
+    if job.get("sampler"):
+      print(json.dumps(measure_sampler(job["config"], job["batch"])))
+    else:
+      print(json.dumps(measure(job["config"], job["batch"], job.get("overrides"))))
+    return
+  t0 = time.time()
+  out = {}
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      out = json.load(f)
+  if args.only in ("", "smoke"):
+    out["smoke"] = smoke_ratios()
+  if args.only in ("", "smoke", "sampler"):
+    out["sampler"] = sampler_ratios()
+  if args.only in ("", "big"):
+    out["big"] = big_memory(tuple(int(v) for v in args.devices.split(",")))
+  out.update(
+    machine=machine(),
+    command="python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
+    wall_s=round(time.time() - t0, 1),
+  )
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(out, f, indent=1)
+  print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()
