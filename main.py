@@ -1,6 +1,6 @@
 """dxmi-jax entry point: ``python main.py --config=configs/gaussians2d.py --workdir=DIR [--mode=train]``.
 
-Thin on purpose: flags -> ``dxmi_jax.train.run``.  Bad input (an unknown or
+Thin on purpose: flags -> ``dxmi_jax.modes.run``.  Bad input (an unknown or
 mistyped option, a bad config value, a missing file) prints one line
 ``error: ...`` naming the option on stderr and exits with status 2, before
 anything is written.
@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dxmi_jax import experiment, train
+from dxmi_jax import experiment, modes, train
 
 FLAGS = flags.FLAGS
 
@@ -67,7 +67,7 @@ def define_flags(argv):
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     _flag_error(argv, e)
   flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-  flags.DEFINE_enum("mode", "train", list(train.MODES), "What to do.")
+  flags.DEFINE_enum("mode", "train", list(modes.MODES), "What to do.")
   flags.mark_flag_as_required("workdir")
 
 
@@ -105,7 +105,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    train.run(_config(), FLAGS.workdir, FLAGS.mode)
+    modes.run(_config(), FLAGS.workdir, FLAGS.mode)
   except (experiment.ConfigError, train.TrainingError) as e:
     _fail(e)
 

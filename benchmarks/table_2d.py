@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from configs import gaussians2d  # noqa: E402
-from dxmi_jax import experiment, init, io, pretrain, train  # noqa: E402
+from dxmi_jax import experiment, init, io, modes, pretrain  # noqa: E402
 from dxmi_jax.evaluators.vector import VectorEvaluator  # noqa: E402
 
 _KEYS = ("sw", "sw_std", "sw_floor", "sw_floor_std", "auc", "auc_ideal")
@@ -108,7 +108,7 @@ def run_table(root):
         c.init.policy_checkpoint = ddpm_dir
       wd = os.path.join(root, f"seed{seed}", name.replace(" ", "_").replace(",", "").replace("=", ""))
       rows[name].append(
-        _cached(root, seed, name, lambda c=c, wd=wd: {k: train.run(c, wd, "train").get(k) for k in _KEYS})
+        _cached(root, seed, name, lambda c=c, wd=wd: {k: modes.run(c, wd, "train").get(k) for k in _KEYS})
       )
     logging.info("seed %d done in %.0f s", seed, time.time() - t_seed)
   return {k: v for k, v in rows.items() if v}

@@ -37,7 +37,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from dxmi_jax import io  # noqa: E402
+from dxmi_jax import io, modes  # noqa: E402
 
 ROW_ORDER = ("ddpm1000", "var_t10", "ddim_t10", "dxmi_t10", "var_t4", "ddim_t4", "dxmi_t4", "data")
 LABELS = {
@@ -92,12 +92,11 @@ def _config(t4=False, **over):
 
 def pretrain(workdir):
   """The one pretrained DDPM: (its folder, the seconds pretraining took)."""
-  from dxmi_jax import train  # pylint: disable=import-outside-toplevel
 
   out = os.path.join(workdir, "ddpm")
   meta = os.path.join(out, "pretrain", "meta.json")
   if not os.path.exists(meta):
-    train.run(_config(), out, "pretrain")
+    modes.run(_config(), out, "pretrain")
   with open(meta) as f:
     m = json.load(f)
   return out, float(m.get("meta", m).get("seconds", float("nan")))
@@ -127,14 +126,13 @@ def baseline_sampler(ddpm_dir, kind, T):
 
 def dxmi_sampler(ddpm_dir, workdir, T, seed, iters):
   """Fine-tunes (or reuses) the DxMI run of (T, seed); returns (policy, params, seconds)."""
-  from dxmi_jax import train  # pylint: disable=import-outside-toplevel
 
   run_dir = os.path.join(workdir, f"dxmi_t{T}_s{seed}")
   over = dict(init__policy_checkpoint=ddpm_dir, training__seed=seed)
   if iters > 0:
     over["training__num_iters"] = iters
   t0 = time.time()
-  train.run(_config(t4=T == 4, **over), run_dir, "train")
+  modes.run(_config(t4=T == 4, **over), run_dir, "train")
   seconds = time.time() - t0
   exp, params = _policy_params(_config(t4=T == 4, init__policy_checkpoint=run_dir))
   return exp.policy, params, seconds

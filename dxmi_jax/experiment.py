@@ -327,8 +327,9 @@ def _init_key(raw_key):
   return jax.random.wrap_key_data(jax.random.bits(raw_key, (4,), jnp.uint32), impl="rbg")
 
 
-def build(config) -> Experiment:
-  validate(config)
+def build(config, mode: str = "train") -> Experiment:
+  """Validates ``config`` for ``mode`` (ConfigError naming the option), then builds everything."""
+  validate(config, mode)
   data = data_lib.build(config)
   net_over = {"out_dim": data.shape[1]} if data_lib.kind(config) == "vector" and config.policy.net.arch == "mlp" else {}
   return assemble(config, data, data.shape, net_over, class_cond=data.class_cond, num_classes=data.num_classes)

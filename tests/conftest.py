@@ -35,6 +35,26 @@ def golden():
   return golden_path
 
 
+# The golden small configs (README A1, A2, A4).
+SMALL = {
+  "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
+  "adm_cond": (
+    "adm_unet",
+    dict(
+      image_size=32,
+      model_channels=32,
+      num_res_blocks=1,
+      channel_mult=(1, 2, 2),
+      attention_resolutions=(16, 8),
+      num_head_channels=16,
+      num_classes=10,
+    ),
+  ),
+  "igebm": ("igebm", dict(nh=16)),
+  "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
+}
+
+
 # ------------------------------------------------- helpers of the training tests
 TINY = {
   "policy.net.hidden": (16, 16),

@@ -4,7 +4,7 @@
     python main.py --config=configs/anomaly.py --workdir=W --mode=score \
         --config.score.input=IN.npz --config.score.output=OUT.npy
 
-Training runs in-process through ``train.run`` (what main.py calls); one bad input goes through
+Training runs in-process through ``modes.run`` (what main.py calls); one bad input goes through
 main.py itself to pin the exit status and the single ``error:`` line.
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from configs import anomaly as anomaly_config
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, train
+from dxmi_jax import experiment, modes
 from dxmi_jax.anomaly import metrics, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,14 +48,14 @@ def trained(tmp_path_factory):
   np.savez(root / "test.npz", X=x[500:], y=y[500:])  # 100 normals, 100 anomalies
   c = _config()
   c.data.path = str(root / "train.npz")
-  train.run(c, str(root / "w"), "train")
+  modes.run(c, str(root / "w"), "train")
   return root, x, y
 
 
 def test_train_then_score_detects_planted_anomalies(trained):
   root, x, y = trained
   out = root / "scores.npy"
-  train.run(_config(input=str(root / "test.npz"), output=str(out)), str(root / "w"), "score")
+  modes.run(_config(input=str(root / "test.npz"), output=str(out)), str(root / "w"), "score")
   s = np.load(out)
   assert s.dtype == np.float32 and s.shape == (200,)
   assert metrics.auroc(y[500:], s) > 0.9
@@ -65,7 +65,7 @@ def test_train_then_score_detects_planted_anomalies(trained):
   # row order: scoring a permutation permutes the scores
   perm = np.random.default_rng(0).permutation(200)
   np.savez(root / "perm.npz", X=x[500:][perm])
-  train.run(_config(input=str(root / "perm.npz"), output=str(root / "perm.npy")), str(root / "w"), "score")
+  modes.run(_config(input=str(root / "perm.npz"), output=str(root / "perm.npy")), str(root / "w"), "score")
   np.testing.assert_allclose(np.load(root / "perm.npy"), s[perm], rtol=1e-6)
 
 
@@ -90,7 +90,7 @@ def test_score_bad_inputs_write_nothing(trained, case):
     np.savez(bad, features=x[:5])
   out = root / f"{case}.npy"
   with pytest.raises(experiment.ConfigError, match=match) as err:
-    train.run(_config(input=str(bad), output="" if case == "no_output" else str(out)), str(root / "w"), "score")
+    modes.run(_config(input=str(bad), output="" if case == "no_output" else str(out)), str(root / "w"), "score")
   assert "config.score." in str(err.value)
   assert not out.exists()
 
@@ -128,5 +128,5 @@ def test_train_data_errors(tmp_path):
     c = _config()
     c.data.path = str(tmp_path / name)
     with pytest.raises(experiment.ConfigError, match=match):
-      train.run(c, str(tmp_path / "w"), "train")
+      modes.run(c, str(tmp_path / "w"), "train")
     assert not (tmp_path / "w").exists()

@@ -9,28 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import golden_path
+from conftest import SMALL, golden_path
 from dxmi_jax import convert
 from dxmi_jax.convert import CheckpointError
 from dxmi_jax.models import registry
-
-SMALL = {
-  "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
-  "adm_cond": (
-    "adm_unet",
-    dict(
-      image_size=32,
-      model_channels=32,
-      num_res_blocks=1,
-      channel_mult=(1, 2, 2),
-      attention_resolutions=(16, 8),
-      num_head_channels=16,
-      num_classes=10,
-    ),
-  ),
-  "igebm": ("igebm", dict(nh=16)),
-  "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
-}
 
 
 @pytest.fixture

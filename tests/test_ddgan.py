@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import golden_path
-from dxmi_jax import convert, dxmi, experiment, train
+from dxmi_jax import convert, dxmi, experiment, modes
 from dxmi_jax.models import registry
 from dxmi_jax.models.ddgan import ddgan_cifar10
 from dxmi_jax.policies import build_policy
@@ -347,10 +347,10 @@ def test_t4_ddgan_starts_from_a_ddgan_netG_file(torch, tmp_path):
 def test_t4_ddgan_smoke_trains_and_samples(tmp_path):
   c = _config("t4_ddgan,smoke")
   wd = str(tmp_path / "run")
-  out = train.run(c, wd, "train")
+  out = modes.run(c, wd, "train")
   recs = [json.loads(line) for line in open(os.path.join(wd, "metrics.jsonl"))]
   assert [r["step"] for r in recs if r["kind"] == "train"][-1] == c.training.num_iters == 2
   assert np.isfinite(out["ebm/d_loss"]) and np.isfinite(out["sampler/sampler_loss"])
-  train.run(c, wd, "sample")
+  modes.run(c, wd, "sample")
   with np.load(os.path.join(wd, "samples.npz")) as z:
     assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == (c.sample.num, 32, 32, 3)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dxmi_jax import experiment, samples, sampling, train
+from dxmi_jax import experiment, modes, samples, sampling, train
 from dxmi_jax.data import digits as digits_data
 from dxmi_jax.metrics import digits_classifier as dc
 from dxmi_jax.metrics import features as features_lib
@@ -94,12 +94,12 @@ def test_metric_rejects_bad_images(clf):
 def test_pretrain_then_dxmi_then_metric(tmp_path, clf):
   """--mode=pretrain (2 steps), DxMI from it (2 steps), samples scored by the digits metric."""
   pre_dir, run_dir = str(tmp_path / "ddpm"), str(tmp_path / "dxmi")
-  train.run(_config("smoke,t4"), pre_dir, "pretrain")
+  modes.run(_config("smoke,t4"), pre_dir, "pretrain")
   c = _config("smoke,t4")
   c.init.policy_checkpoint = pre_dir
   exp = experiment.build(c)
   loaded = train.load_pretrained(exp).policy.params["net"]
-  metrics = train.run(c, run_dir, "train")
+  metrics = modes.run(c, run_dir, "train")
   assert np.isfinite(metrics["sampler/sampler_loss"]) and np.isfinite(metrics["ebm/d_loss"])
 
   # the fine-tuned policy: read back from the run, started from the pretrained weights and moved by DxMI

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from dxmi_jax import dxmi, experiment, parallel, train
+from dxmi_jax import dxmi, experiment, modes, parallel, train
 from dxmi_jax.evaluators.vector import VectorEvaluator
 from dxmi_jax.metrics import vector
 
@@ -176,7 +176,7 @@ def test_end_to_end_2d_improves_sw(tmp_path):
   )
   exp = experiment.build(c)
   untrained = VectorEvaluator(exp)(exp.init_state(jax.random.PRNGKey(c.training.seed)), 0)
-  final = train.run(c, str(tmp_path), "train")
+  final = modes.run(c, str(tmp_path), "train")
   assert final["sw"] < 0.6 * untrained["sw"], (final, untrained)
   assert final["auc"] > 0.75, final
   recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -185,11 +185,11 @@ def test_end_to_end_2d_improves_sw(tmp_path):
   assert any(n.isdigit() for n in os.listdir(tmp_path / "checkpoints"))
   # --mode=sample and --mode=eval restore the latest checkpoint
   c.sample.num, c.sample.batch_size = 300, 100
-  train.run(c, str(tmp_path), "sample")
+  modes.run(c, str(tmp_path), "sample")
   with np.load(tmp_path / "samples.npz") as z:
     assert z["arr_0"].dtype == np.float32 and z["arr_0"].shape == (300, 2)
     assert vector.sliced_wasserstein(z["arr_0"], exp.data.data.sample(300, seed=1), 200) < untrained["sw"]
-  again = train.run(c, str(tmp_path), "eval")
+  again = modes.run(c, str(tmp_path), "eval")
   assert again["sw"] == pytest.approx(final["sw"]) and again["auc"] == pytest.approx(final["auc"])
   assert json.loads(open(tmp_path / "eval" / "metrics.jsonl").readline())["step"] == 400
 

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from dxmi_jax import train, writers
+from dxmi_jax import modes, writers
+from dxmi_jax.errors import ConfigError
 
 
 def finetune_config(**over):
@@ -25,7 +26,7 @@ def finetune_config(**over):
 
 def test_pretrains_evaluates_at_start_and_prints_before_after(tmp_path, capsys):
   wd = tmp_path / "wd"
-  final = train.run(finetune_config(), str(wd), "train")
+  final = modes.run(finetune_config(), str(wd), "train")
   out = capsys.readouterr().out
   assert (wd / "pretrain" / "meta.json").exists()
   evals = [r for r in writers.read_jsonl(str(wd / "metrics.jsonl")) if r["kind"] == "eval"]
@@ -40,15 +41,15 @@ def test_pretrains_evaluates_at_start_and_prints_before_after(tmp_path, capsys):
 def test_reuses_a_pretrained_ddpm_in_the_workdir(tmp_path, capsys):
   wd = tmp_path / "wd"
   c = finetune_config()
-  train.run(c, str(wd), "pretrain")
+  modes.run(c, str(wd), "pretrain")
   meta = wd / "pretrain" / "meta.json"
   before = os.stat(meta).st_mtime_ns
-  train.run(finetune_config(training__eval_at_start=False), str(wd), "train")
+  modes.run(finetune_config(training__eval_at_start=False), str(wd), "train")
   assert os.stat(meta).st_mtime_ns == before
   assert "pretraining a DDPM" not in capsys.readouterr().out
 
 
 def test_pretrain_first_contradicts_a_policy_checkpoint(tmp_path):
-  with pytest.raises(train.experiment.ConfigError, match="config.init.pretrain_first"):
-    train.run(finetune_config(init__policy_checkpoint=str(tmp_path)), str(tmp_path / "wd"), "train")
+  with pytest.raises(ConfigError, match="config.init.pretrain_first"):
+    modes.run(finetune_config(init__policy_checkpoint=str(tmp_path)), str(tmp_path / "wd"), "train")
   assert not (tmp_path / "wd").exists()

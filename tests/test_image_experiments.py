@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, init, train
+from dxmi_jax import experiment, init, modes
 
 CONFIGS = {
   "cifar10": ("configs.cifar10", ""),
@@ -98,12 +98,12 @@ def _without_checkpoint(c):
 def test_smoke_variant_trains_and_samples(name, tmp_path):
   c = get(name, "smoke" if name != "imagenet64" else "t4,smoke")
   wd = str(tmp_path / name)
-  out = train.run(c, wd, "train")
+  out = modes.run(c, wd, "train")
   recs = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert [r["step"] for r in recs if r["kind"] == "train"][-1] == c.training.num_iters
   assert np.isfinite(out["ebm/d_loss"]) and np.isfinite(out["sampler/sampler_loss"])
   assert os.path.getsize(os.path.join(wd, "samples_grid.png")) > 100
-  train.run(c, wd, "sample")
+  modes.run(c, wd, "sample")
   with np.load(os.path.join(wd, "samples.npz")) as z:
     imgs = z["arr_0"]
     assert imgs.dtype == np.uint8 and imgs.shape == (c.sample.num, c.data.image_size, c.data.image_size, 3)

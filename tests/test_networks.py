@@ -13,31 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REFERENCE, golden_path
+from conftest import REFERENCE, SMALL, golden_path
 from dxmi_jax import convert
 from dxmi_jax.models import registry
 from dxmi_jax.models.adm_unet import adm_imagenet64, adm_lsun256, adm_timestep_embedding, edm_denoise, karras_scalings
 from dxmi_jax.models.ddpm_unet import ddpm_cifar10, ddpm_timestep_embedding
 from dxmi_jax.models.igebm import igebm_nh128
 
-# The golden small configs (README A1, A2, A4).
-SMALL = {
-  "unet_small": ("ddpm_unet", dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1)),
-  "adm_cond": (
-    "adm_unet",
-    dict(
-      image_size=32,
-      model_channels=32,
-      num_res_blocks=1,
-      channel_mult=(1, 2, 2),
-      attention_resolutions=(16, 8),
-      num_head_channels=16,
-      num_classes=10,
-    ),
-  ),
-  "igebm": ("igebm", dict(nh=16)),
-  "igebm_cond": ("igebm", dict(nh=16, n_class=10)),
-}
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import golden_path
+from conftest import SMALL, golden_path
 from dxmi_jax import convert
 from dxmi_jax.models import official_names, registry
 
@@ -30,15 +30,7 @@ ADM_OFFICIAL = dict(
   use_new_attention_order=False,
   use_fp16=False,
 )
-ADM_OURS = dict(
-  image_size=32,
-  model_channels=32,
-  num_res_blocks=1,
-  channel_mult=(1, 2, 2),
-  attention_resolutions=(16, 8),
-  num_head_channels=16,
-  num_classes=10,
-)
+ADM_OURS = SMALL["adm_cond"][1]
 
 
 def test_adm_official_names_resolve_to_our_config():

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import writers
-from dxmi_jax import train
+from dxmi_jax import modes, writers
 from conftest import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config
 
 #: the final evaluation's metrics (vector data), stored with the last checkpoint
@@ -39,7 +38,7 @@ RUN = dict(
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   wd = tmp_path_factory.mktemp("reference")
-  final = train.run(tiny_config(**RUN), str(wd))
+  final = modes.run(tiny_config(**RUN), str(wd))
   return wd, final
 
 
@@ -121,7 +120,7 @@ def test_finished_run_started_again_changes_nothing(reference):
   wd, final = reference
   before = (wd / "metrics.jsonl").read_bytes()
   # returns the final evaluation stored with the last checkpoint
-  assert train.run(tiny_config(**RUN), str(wd)) == {k: final[k] for k in EVAL_KEYS}
+  assert modes.run(tiny_config(**RUN), str(wd)) == {k: final[k] for k in EVAL_KEYS}
   assert (wd / "metrics.jsonl").read_bytes() == before
   assert ckpt_lib.committed_steps(str(wd)) == [250, 275, 300]
 
@@ -180,7 +179,7 @@ def test_sigkill_during_async_save_then_resume_is_exact(reference, tmp_path):
 
 def test_same_config_reproduces_exactly(reference, tmp_path):
   ref, final = reference
-  again = train.run(tiny_config(**RUN), str(tmp_path))
+  again = modes.run(tiny_config(**RUN), str(tmp_path))
   _assert_same_records(ref, tmp_path)
   _assert_same_state(ref, tmp_path)
   assert {k: v for k, v in again.items() if not k.startswith("perf/")} == {

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, parallel, train, writers
+from dxmi_jax import experiment, modes, parallel, train, writers
 
 from conftest import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config  # noqa: E402,F401
 
@@ -69,7 +69,7 @@ def test_occasional_bad_batches_are_logged_and_the_run_finishes(tmp_path):
     training__max_consecutive_skips=5,
   )
   wd = tmp_path / "wd"
-  train.run(c, str(wd))
+  modes.run(c, str(wd))
   train_recs = [r for r in records(wd) if r["kind"] == "train"]
   assert [r["step"] for r in train_recs] == [1, 10, 20, 30, 40]
   skipped = train_recs[-1]["nonfinite/skipped_total"]
@@ -99,7 +99,7 @@ def test_consecutive_non_finite_iterations_stop_the_run(tmp_path):
   )
   wd = tmp_path / "wd"
   with pytest.raises(train.TrainingError) as err:
-    train.run(c, str(wd))
+    modes.run(c, str(wd))
   msg = str(err.value)
   assert "stopping at step 4: 4 consecutive iterations" in msg
   assert "ebm/d_loss" in msg and "max_consecutive_skips=4" in msg

@@ -1,6 +1,6 @@
 """Bad input: one clear error naming the option, before anything is compiled or written.
 
-Most cases go through ``train.run`` in-process (ConfigError, and the workdir must
+Most cases go through ``modes.run`` in-process (ConfigError, and the workdir must
 not exist afterwards); a few go through main.py, where the CLI behaviour (one
 ``error:`` line on stderr, exit status 2) is the point.  The CLI cases run as
 parallel subprocesses that fail before any compilation.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, train
+from dxmi_jax import experiment, modes
 from dxmi_jax.experiment import ConfigError
 from conftest import REPO, cli_flags, main_cmd, subprocess_env, tiny_config
 
@@ -21,7 +21,7 @@ from conftest import REPO, cli_flags, main_cmd, subprocess_env, tiny_config
 def _fails(tmp_path, config, match, mode="train", workdir=None):
   wd = workdir or tmp_path / "wd"
   with pytest.raises(ConfigError, match=match):
-    train.run(config, str(wd), mode)
+    modes.run(config, str(wd), mode)
   return wd
 
 
@@ -99,7 +99,7 @@ def test_malformed_npy(tmp_path, kind, match):
 def test_unknown_mode_and_missing_workdir(tmp_path):
   _fails(tmp_path, tiny_config(), r"--mode: expected one of .*'train'.*got 'fit'", mode="fit")
   with pytest.raises(ConfigError, match="--workdir: required"):
-    train.run(tiny_config(), "", "train")
+    modes.run(tiny_config(), "", "train")
   assert not (tmp_path / "wd").exists()
   afile = tmp_path / "file"
   afile.write_text("x")
@@ -245,3 +245,11 @@ def test_cli_errors_are_one_line_exit_2_and_write_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(cases[name][1]), (name, err[-2000:])
     assert "Traceback" not in err and not out, name
     assert not (tmp_path / name).exists(), name
+
+
+def test_sample_mode_checks_the_sample_count(tmp_path):
+  wd = tmp_path / "wd"
+  modes.run(tiny_config(training__num_iters=2, training__checkpoint_every=2), str(wd), "train")
+  before = sorted(p.name for p in wd.iterdir())
+  _fails(tmp_path, tiny_config(sample__num=0), r"config\.sample\.num must be >= 1, got 0", mode="sample", workdir=wd)
+  assert sorted(p.name for p in wd.iterdir()) == before  # nothing written
