@@ -20,6 +20,9 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
 from dxmi_jax import writers  # noqa: E402
 
 
@@ -119,3 +122,24 @@ def main_cmd(workdir, *flags):
 
 def records(workdir):
   return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+
+
+# ------------------------------------------------- the golden DxMI iterations' toy MLPs
+def golden_mlp_params(g, prefix, n_layers):
+  """torch mlp.{0,2,4}.{weight,bias} -> TimeMLP dense_{0,1,2}.{kernel,bias}."""
+  return {
+    f"dense_{i}": {
+      "kernel": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.weight"].T),
+      "bias": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.bias"]),
+    }
+    for i in range(n_layers)
+  }
+
+
+def torch_mlp_names(flax_params, n_layers=3):
+  """TimeMLP dense_{i}.{kernel,bias} -> torch mlp.{2i}.{weight,bias} (for comparing with the golden files)."""
+  out = {}
+  for i in range(n_layers):
+    out[f"mlp.{2 * i}.weight"] = np.asarray(flax_params[f"dense_{i}"]["kernel"]).T
+    out[f"mlp.{2 * i}.bias"] = np.asarray(flax_params[f"dense_{i}"]["bias"])
+  return out

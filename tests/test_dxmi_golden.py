@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import golden_mlp_params, torch_mlp_names
 from dxmi_jax import dxmi
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.policies.residual import ResidualPolicy
@@ -19,25 +20,6 @@ from dxmi_jax.state import TrainState, create_state
 
 RTOL, ATOL = 1e-5, 1e-6
 FILES = ["dxmi_iteration_2d.npz", "dxmi_iteration_2d_perm.npz"]
-
-
-def _flax_mlp_params(g, prefix, n_layers):
-  """torch mlp.{0,2,4}.{weight,bias} -> TimeMLP dense_{0,1,2}.{kernel,bias}."""
-  return {
-    f"dense_{i}": {
-      "kernel": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.weight"].T),
-      "bias": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.bias"]),
-    }
-    for i in range(n_layers)
-  }
-
-
-def _torch_names(flax_params, n_layers):
-  out = {}
-  for i in range(n_layers):
-    out[f"mlp.{2 * i}.weight"] = np.asarray(flax_params[f"dense_{i}"]["kernel"]).T
-    out[f"mlp.{2 * i}.bias"] = np.asarray(flax_params[f"dense_{i}"]["bias"])
-  return out
 
 
 def _assert_close(actual, expected, what):
@@ -71,10 +53,10 @@ class Problem:
     self.energy_of_value = lambda p, x, y: self.value_apply(p, x, jnp.full((x.shape[0],), T), y)
     self.nets = dxmi.Networks(policy=self.policy, value_apply=self.value_apply)
     pol_params = {
-      "net": _flax_mlp_params(g, "params_before/sampler", 2),
+      "net": golden_mlp_params(g, "params_before/sampler", 2),
       "log_sigma": jnp.asarray(g["params_before/sampler/log_betas"]),
     }
-    val_params = _flax_mlp_params(g, "params_before/value", 3)
+    val_params = golden_mlp_params(g, "params_before/value", 3)
     self.state = create_state(
       jax.random.key(0),
       TrainState.create(apply_fn=None, params=pol_params, tx=optax.sgd(float(g["config/lr_sampler"]))),
@@ -130,9 +112,9 @@ def test_energy_step(problem):
   value_state, aux = dxmi.energy_step(p.state.value, p.energy_of_value, jnp.asarray(g["data"]), traj.final, None, p.cfg)
   for k in ("pos_e_mean", "neg_e_mean", "reg", "d_loss"):
     _assert_close(aux[k.replace("_mean", "")], g[f"energy/{k}"], k)
-  for name, grad in _torch_names(aux["grads"], 3).items():
+  for name, grad in torch_mlp_names(aux["grads"], 3).items():
     _assert_close(grad, g[f"energy/grads/value/{name}"], f"energy grad {name}")
-  for name, val in _torch_names(value_state.params, 3).items():
+  for name, val in torch_mlp_names(value_state.params, 3).items():
     _assert_close(val, g[f"params_after_energy/value/{name}"], f"params after energy {name}")
 
 
@@ -160,11 +142,11 @@ def test_td_value_scan(problem):
       ("grad_norm", "grad_norm_preclip"),
     ]:
       _assert_close(td[ours][t], g[f"td/{i}/{theirs}"], f"TD step t={t}: {ours}")
-    for name, val in _torch_names(jax.tree.map(lambda a: a[t], td["grads"]), 3).items():
+    for name, val in torch_mlp_names(jax.tree.map(lambda a: a[t], td["grads"]), 3).items():
       _assert_close(val, g[f"td/{i}/grads_clipped/value/{name}"], f"TD t={t} clipped grad {name}")
-    for name, val in _torch_names(jax.tree.map(lambda a: a[t], td["params_after"]), 3).items():
+    for name, val in torch_mlp_names(jax.tree.map(lambda a: a[t], td["params_after"]), 3).items():
       _assert_close(val, g[f"td/{i}/params_after/value/{name}"], f"TD t={t} params {name}")
-  for name, val in _torch_names(value_state.params, 3).items():
+  for name, val in torch_mlp_names(value_state.params, 3).items():
     _assert_close(val, g[f"params_after_update_f_v/value/{name}"], f"value after update_f_v {name}")
 
 
@@ -192,11 +174,11 @@ def test_policy_update(problem):
     _assert_close(aux["sigma"][m], g[f"{pre}/sigma"][:, 0], f"minibatch {m}: sigma")
     grads = jax.tree.map(lambda a: a[m], aux["grads"])
     _assert_close(grads["log_sigma"], g[f"{pre}/grads_clipped/sampler/log_betas"], "log_sigma grad")
-    for name, val in _torch_names(grads["net"], 2).items():
+    for name, val in torch_mlp_names(grads["net"], 2).items():
       _assert_close(val, g[f"{pre}/grads_clipped/sampler/{name}"], f"minibatch {m} grad {name}")
     after = jax.tree.map(lambda a: a[m], aux["params_after"])
     _assert_close(after["log_sigma"], g[f"{pre}/params_after/sampler/log_betas"], "log_sigma after")
-    for name, val in _torch_names(after["net"], 2).items():
+    for name, val in torch_mlp_names(after["net"], 2).items():
       _assert_close(val, g[f"{pre}/params_after/sampler/{name}"], f"minibatch {m} params {name}")
   _assert_close(policy_state.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"], "final log_sigma")
 
@@ -206,9 +188,9 @@ def test_full_iteration_matches(problem):
   p, g = problem, problem.g
   it = jax.jit(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, p.nets, p.cfg))
   new_state, _ = it(p.state, {"x": jnp.asarray(g["data"])}, p.noise)
-  for name, val in _torch_names(new_state.value.params, 3).items():
+  for name, val in torch_mlp_names(new_state.value.params, 3).items():
     _assert_close(val, g[f"params_after_update_sampler/value/{name}"], f"value {name}")
-  for name, val in _torch_names(new_state.policy.params["net"], 2).items():
+  for name, val in torch_mlp_names(new_state.policy.params["net"], 2).items():
     _assert_close(val, g[f"params_after_update_sampler/sampler/{name}"], f"sampler {name}")
   _assert_close(new_state.policy.params["log_sigma"], g["params_after_update_sampler/sampler/log_betas"], "log_sigma")
   _assert_close(new_state.velocity_scale, g["betas_for_q/after_avr"][::-1], "s")

@@ -18,6 +18,7 @@ import optax
 import pytest
 
 from configs import anomaly as anomaly_config
+from conftest import golden_mlp_params, torch_mlp_names
 from dxmi_jax import dxmi, experiment
 from dxmi_jax.anomaly.networks import EnergyMLP
 from dxmi_jax.models.mlp import TimeMLP
@@ -27,24 +28,6 @@ from dxmi_jax.state import TrainState, create_state
 RTOL, ATOL = 1e-5, 1e-6
 FILE = "dxmi_iteration_ev_2d.npz"
 ETA = np.array([1e-4, 0.04, 0.1521, 0.3364, 0.5929])  # the recorded log_betas are 0.5 log(eta[::-1])
-
-
-def _flax_mlp_params(g, prefix, n_layers):
-  return {
-    f"dense_{i}": {
-      "kernel": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.weight"].T),
-      "bias": jnp.asarray(g[f"{prefix}/mlp.{2 * i}.bias"]),
-    }
-    for i in range(n_layers)
-  }
-
-
-def _torch_names(flax_params, n_layers=3):
-  out = {}
-  for i in range(n_layers):
-    out[f"mlp.{2 * i}.weight"] = np.asarray(flax_params[f"dense_{i}"]["kernel"]).T
-    out[f"mlp.{2 * i}.bias"] = np.asarray(flax_params[f"dense_{i}"]["bias"])
-  return out
 
 
 def _close(actual, expected, what):
@@ -73,16 +56,16 @@ class Problem:
     self.energy_apply = dxmi.module_apply(EnergyMLP(hidden=(16, 16)), with_time=False)
     self.nets = dxmi.Networks(policy=self.policy, value_apply=self.value_apply, energy_apply=self.energy_apply)
     pol = {
-      "net": _flax_mlp_params(g, "params_before/sampler", 2),
+      "net": golden_mlp_params(g, "params_before/sampler", 2),
       "log_sigma": jnp.asarray(g["params_before/sampler/log_betas"]),
     }
     np.testing.assert_allclose(self.policy.init_log_sigma(), g["params_before/sampler/log_betas"], rtol=1e-6)
     self.state = create_state(
       jax.random.key(0),
       TrainState.create(apply_fn=None, params=pol, tx=optax.sgd(lr)),
-      TrainState.create(apply_fn=None, params=_flax_mlp_params(g, "params_before/value", 3), tx=optax.sgd(lr)),
+      TrainState.create(apply_fn=None, params=golden_mlp_params(g, "params_before/value", 3), tx=optax.sgd(lr)),
       dxmi.initial_velocity_scale(self.policy, self.cfg),
-      TrainState.create(apply_fn=None, params=_flax_mlp_params(g, "params_before/energy", 3), tx=optax.sgd(lr)),
+      TrainState.create(apply_fn=None, params=golden_mlp_params(g, "params_before/energy", 3), tx=optax.sgd(lr)),
     )
     self.noise = self._recorded_noise()
 
@@ -171,13 +154,13 @@ def test_energy_step(problem):
   _close(aux["pos_e"], g["log/ebm/pos_e_"], "pos_e")
   _close(aux["neg_e"], g["log/ebm/neg_e_"], "neg_e")
   _close(aux["grad_norm"], g["energy/grad_norm"], "energy grad norm")
-  for name, grad in _torch_names(aux["grads_preclip"]).items():
+  for name, grad in torch_mlp_names(aux["grads_preclip"], 3).items():
     _close(grad, g[f"energy/grad_preclip/{name}"], f"energy grad {name}")
   coef = min(1.0, 0.1 / (float(g["energy/grad_norm"]) + 1e-6))
   assert coef < 1.0  # the clip is active in this recording
-  for name, grad in _torch_names(aux["grads"]).items():
+  for name, grad in torch_mlp_names(aux["grads"]).items():
     _close(grad, coef * g[f"energy/grad_preclip/{name}"], f"clipped energy grad {name}")
-  for name, val in _torch_names(energy_state.params).items():
+  for name, val in torch_mlp_names(energy_state.params).items():
     _close(val, g[f"energy/params_after/{name}"], f"energy params {name}")
 
 
@@ -197,7 +180,7 @@ def test_td_value_scan(problem):
       ("v_loss", "v_loss"),
     ]:
       _close(td[ours][t], g[f"td/{i}/{theirs}"], f"TD t={t}: {ours}")
-    for name, val in _torch_names(jax.tree.map(lambda a: a[t], td["params_after"])).items():
+    for name, val in torch_mlp_names(jax.tree.map(lambda a: a[t], td["params_after"])).items():
       _close(val, g[f"td/{i}/value_params_after/{name}"], f"TD t={t} params {name}")
     _close(np.mean(td["running_cost"][t]), g[f"log/running_cost/step_{t}_"], f"logged running cost {t}")
   _close(td["v_loss"][0], g["log/ebm/v_loss_"], "logged v_loss (last TD step)")
@@ -258,10 +241,10 @@ def test_policy_update(problem):
   coef = min(1.0, 0.1 / (float(g[f"{pre}/grad_norm"]) + 1e-6))
   grads = jax.tree.map(lambda a: a[0], aux["grads"])
   _close(grads["log_sigma"], coef * g[f"{pre}/grad_preclip/log_betas"], "log_sigma grad")
-  for name, val in _torch_names(grads["net"], 2).items():
+  for name, val in torch_mlp_names(grads["net"], 2).items():
     _close(val, coef * g[f"{pre}/grad_preclip/{name}"], f"sampler grad {name}")
   _close(policy_state.params["log_sigma"], g[f"{pre}/params_after/log_betas"], "log_sigma after")
-  for name, val in _torch_names(policy_state.params["net"], 2).items():
+  for name, val in torch_mlp_names(policy_state.params["net"], 2).items():
     _close(val, g[f"{pre}/params_after/{name}"], f"sampler params {name}")
   for j in range(p.T):
     _close(jnp.exp(policy_state.params["log_sigma"][j]), g[f"log/beta/beta_{j}_"], f"logged beta_{j}")
@@ -272,11 +255,11 @@ def test_full_iteration_matches(problem):
   p, g = problem, problem.g
   it = jax.jit(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, p.nets, p.cfg))
   new_state, aux = it(p.state, {"x": jnp.asarray(g["data"])}, p.noise)
-  for name, val in _torch_names(new_state.energy.params).items():
+  for name, val in torch_mlp_names(new_state.energy.params).items():
     _close(val, g[f"energy/params_after/{name}"], f"energy {name}")
-  for name, val in _torch_names(new_state.value.params).items():
+  for name, val in torch_mlp_names(new_state.value.params).items():
     _close(val, g[f"td/{p.T - 1}/value_params_after/{name}"], f"value {name}")
-  for name, val in _torch_names(new_state.policy.params["net"], 2).items():
+  for name, val in torch_mlp_names(new_state.policy.params["net"], 2).items():
     _close(val, g[f"sampler/0/params_after/{name}"], f"sampler {name}")
   _close(new_state.policy.params["log_sigma"], g["sampler/0/params_after/log_betas"], "log_sigma")
   _close(new_state.velocity_scale, g["betas_for_q_after_avr"][::-1], "s")
