@@ -143,3 +143,41 @@ def torch_mlp_names(flax_params, n_layers=3):
     out[f"mlp.{2 * i}.weight"] = np.asarray(flax_params[f"dense_{i}"]["kernel"]).T
     out[f"mlp.{2 * i}.bias"] = np.asarray(flax_params[f"dense_{i}"]["bias"])
   return out
+
+
+# ------------------------------------------------- 2D problem and fake-device subprocesses
+TINY_2D_T, TINY_2D_B = 3, 64
+
+
+def tiny_2d_config(**over):
+  """The 2D problem of test_dxmi_2d and test_scaling (32-wide MLPs, T=3, B=64); keys with dots."""
+  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
+
+  c = gaussians2d.get_config("scratch")
+  c.policy.num_steps = TINY_2D_T
+  c.training.batch_size = TINY_2D_B
+  c.policy.net.hidden = (32, 32)
+  c.value.hidden = (32, 32)
+  c.eval.num_samples = 2000
+  c.eval.sw_projections = 200
+  for k, v in over.items():
+    node = c
+    *path, last = k.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
+def run_with_fake_devices(script: str, n: int, timeout: int):
+  """Runs ``script`` in a fresh Python with ``n`` fake CPU devices; returns its last RESULT{json} line."""
+  import json  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT") :])

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -11,31 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TINY_2D_B, TINY_2D_T, run_with_fake_devices
+from conftest import tiny_2d_config as tiny_config
 from dxmi_jax import dxmi, experiment, modes, parallel, train
 from dxmi_jax.evaluators.vector import VectorEvaluator
 from dxmi_jax.metrics import vector
 
-T, B = 3, 64
-
-
-def tiny_config(**over):
-  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
-
-  c = gaussians2d.get_config("scratch")
-  c.policy.num_steps = T
-  c.training.batch_size = B
-  c.policy.net.hidden = (32, 32)
-  c.value.hidden = (32, 32)
-  c.eval.num_samples = 2000
-  c.eval.sw_projections = 200
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+T, B = TINY_2D_T, TINY_2D_B
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +103,7 @@ _DEVICE_SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp
 sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
-from test_dxmi_2d import tiny_config
+from conftest import tiny_2d_config as tiny_config
 from dxmi_jax import experiment, parallel, train, writers
 exp = experiment.build(tiny_config())
 mesh = parallel.make_mesh()
@@ -138,18 +118,7 @@ print("RESULT" + json.dumps({{"devices": jax.device_count(), "metrics": out}}))
 
 
 def _run_devices(n):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, "-c", _DEVICE_SCRIPT.format(repo=str(REPO))],
-    env=env,
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT") :])
+  return run_with_fake_devices(_DEVICE_SCRIPT.format(repo=str(REPO)), n, timeout=600)
 
 
 def test_one_vs_eight_devices_same_metrics():

@@ -7,22 +7,17 @@ minibatch rows were gathered with replicated indices -- each device would comput
 more than its eighth and the per-device FLOP ratio would rise well above 1/8.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_with_fake_devices
 
 _SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
-from test_dxmi_2d import tiny_config
+from conftest import tiny_2d_config as tiny_config
 from dxmi_jax import experiment, parallel, train
 
 def analyse(exp, mesh):
@@ -65,18 +60,7 @@ print("RESULT" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def analysis():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-    [sys.executable, "-c", _SCRIPT.format(repo=str(REPO))],
-    env=env,
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
-  return json.loads(line[len("RESULT") :])
+  return run_with_fake_devices(_SCRIPT.format(repo=str(REPO)), 8, timeout=900)
 
 
 def test_every_batch_stage_is_split_over_eight_devices(analysis):
