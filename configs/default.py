@@ -30,6 +30,7 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.name = "8gaussians"  # 8gaussians | 2spirals | checkerboard | npy | cifar10 | imagenet64 | lsun | digits | ...
   c.data.path = ""  # npy file (vector data) or image folder
+  c.data.split = "train"  # the split trained on: tfds split name; digits: train | fit | val | test
   c.data.tfds_data_dir = ""  # tfds data_dir ("" = tfds default)
   c.data.image_size = 0  # 0 for vector data
   c.data.channels = 0
@@ -173,4 +174,5 @@ def get_config():
   c.eval.inception_weights = ""
   c.eval.reference_stats = ""
   c.eval.fid_num_samples = 5000
+  c.eval.digits_reference = "val"  # the digits evaluator's reference split (train | fit | val | test)
   return c

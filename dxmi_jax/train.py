@@ -184,7 +184,9 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
     evals = evaluators.build(exp)
     t0 = time.time()
     if start == 0 and tc.eval_at_start:  # the starting sampler (e.g. the pretrained DDPM)
-      evaluate(exp, evals, state, workdir, 0, writer, final=False)
+      start_metrics = evaluate(exp, evals, state, workdir, 0, writer, final=False)
+      if tc.best_metric:  # a checkpoint of step 0 too, so that best-by-metric can select the start
+        _save(ckpt, exp, 0, state, start_metrics)
     progress = writers.Progress(tc.num_iters, start)
     check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
     last_metrics, skipped = {}, int(jax.device_get(state.skipped))

@@ -401,6 +401,11 @@ def test_digits_split_values_and_sizes():
     np.testing.assert_array_equal(src.images[..., 0], np.rint(d.images[idx] * 255 / 16).astype(np.uint8))
     np.testing.assert_array_equal(src.labels, d.target[idx])
     assert src[5]["label"] == d.target[idx[5]]
+  # train = fit + val, disjoint, both stratified; val never holds a test image
+  fit_idx, val_idx = digits_lib.digits_split_indices("fit"), digits_lib.digits_split_indices("val")
+  np.testing.assert_array_equal(np.sort(np.concatenate([fit_idx, val_idx])), train_idx)
+  assert len(np.intersect1d(val_idx, test_idx)) == 0 and (len(fit_idx), len(val_idx)) == (1261, 181)
+  assert np.bincount(d.target[val_idx], minlength=10).min() >= 17
   levels = np.unique(digits_lib.digits_source("train").images)
   assert levels[0] == 0 and levels[-1] == 255 and len(levels) == 17
   # 16x16: zero padding keeps the native 8x8 in the centre; nearest repeats each pixel 2x2.
@@ -420,7 +425,7 @@ def test_digits_split_values_and_sizes():
 
 
 def test_digits_errors():
-  with pytest.raises(ValueError, match="split must be one of"):
+  with pytest.raises(ValueError, match=r"split \(config\.data\.split\) must be one of"):
     digits_lib.digits_source("validation")
   with pytest.raises(ValueError, match=">= 8"):
     digits_lib.digits_source("train", 4)

@@ -26,10 +26,31 @@ def test_config_variants():
   assert c.dxmi.policy_minibatches == 1 and c.dxmi.policy_train_mode and not c.dxmi.separate_energy
   assert c.optim.policy == "adam" and c.optim.policy_grad_clip == 0.1 and c.optim.value_grad_clip == 0.0
   assert _config("t4").policy.num_steps == 4
+  t0 = _config("tau0")
+  assert (t0.dxmi.tau1, t0.dxmi.tau2, t0.policy.num_steps) == (0.0, 0.0, 10) and c.dxmi.tau1 > 0 and c.dxmi.tau2 > 0
+  # trains on fit, selects on val (never on test), and evaluates the starting sampler too
+  assert (c.data.split, c.eval.evaluators, c.eval.digits_reference) == ("fit", "digits", "val")
+  assert c.training.best_metric == "min:digits_fd" and c.training.eval_at_start and c.training.eval_every > 0
   s = _config("smoke,t4")
   assert s.training.num_iters == 2 and s.pretrain.num_iters == 2 and s.policy.num_steps == 4
   with pytest.raises(ValueError, match="unknown variant"):
     _config("t7")
+
+
+def test_bad_split_and_reference_are_named(tmp_path):
+  from dxmi_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+
+  c = _config("smoke")
+  c.data.split = "validation"
+  with pytest.raises(
+    ConfigError, match=r"config\.data \(digits\): digits split \(config\.data\.split\) must be one of"
+  ):
+    modes.run(c, str(tmp_path / "a"), "train")
+  c = _config("smoke")
+  c.eval.digits_reference = "holdout"
+  with pytest.raises(ConfigError, match=r"config\.eval\.digits_reference: expected one of"):
+    modes.run(c, str(tmp_path / "b"), "train")
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_networks_fit_8x8():
@@ -101,6 +122,19 @@ def test_pretrain_then_dxmi_then_metric(tmp_path, clf):
   loaded = train.load_pretrained(exp).policy.params["net"]
   metrics = modes.run(c, run_dir, "train")
   assert np.isfinite(metrics["sampler/sampler_loss"]) and np.isfinite(metrics["ebm/d_loss"])
+  # the digits evaluator scored the start (step 0) and the end against val, and the best of them is kept
+  from dxmi_jax import checkpoint as ckpt_lib, writers  # pylint: disable=import-outside-toplevel
+
+  evals = {
+    r["step"]: r["digits_fd"]
+    for r in writers.read_jsonl(str(tmp_path / "dxmi" / "metrics.jsonl"))
+    if r["kind"] == "eval"
+  }
+  assert sorted(evals) == [0, 2] and all(np.isfinite(v) for v in evals.values())
+  assert metrics["digits_fd"] == evals[2]
+  assert ckpt_lib.committed_steps(run_dir, best=True) == [min(evals, key=evals.get)]
+  val_ref = clf.reference("val")[0].shape[0]
+  assert val_ref == len(digits_data.digits_split_indices("val"))
 
   # the fine-tuned policy: read back from the run, started from the pretrained weights and moved by DxMI
   c2 = _config("smoke,t4")

@@ -24,6 +24,7 @@ from dxmi_jax.errors import ConfigError
 
 #: vector files of the anomaly-detection pipeline (X (N, D) in an .npz; dxmi_jax/anomaly/data.py)
 ANOMALY_FILES = ("npz",)
+SPLIT_DATASETS = ("cifar10", "imagenet64", "digits")  # the data sets with splits other than "train"
 IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "folder", "synthetic")
 _SIZES = {"cifar10": 32, "imagenet64": 64, "imagenet64_folder": 64, "lsun": 256}
 
@@ -39,6 +40,11 @@ def image_size(config) -> int:
 
 def build(config):
   """The data provider of ``config.data`` (validated first; ConfigError names the option)."""
+  d = config.data
+  if d.split != "train" and d.name not in SPLIT_DATASETS:
+    raise ConfigError(
+      f"config.data.split={d.split!r}: only {SPLIT_DATASETS} have other splits; {d.name!r} trains on 'train'"
+    )
   if kind(config) == "vector":
     return VectorDataProvider(config)
   validate_images(config)
@@ -131,15 +137,15 @@ def image_source(config):
   size = image_size(config)
   try:
     if d.name == "cifar10":
-      return images.tfds_source("cifar10", "train", d.tfds_data_dir or None)
+      return images.tfds_source("cifar10", d.split, d.tfds_data_dir or None)
     if d.name == "imagenet64":
-      return images.tfds_source("imagenet_resized/64x64", "train", d.tfds_data_dir or None)
+      return images.tfds_source("imagenet_resized/64x64", d.split, d.tfds_data_dir or None)
     if d.name == "imagenet64_folder":
       return images.folder_source(d.path, 64, "adm_center_crop", class_cond=True)
     if d.name in ("lsun", "folder"):
       return images.folder_source(d.path, size, d.preprocessing, class_cond=d.class_cond)
     if d.name == "digits":
-      return digits_source("train", size)
+      return digits_source(d.split, size)
     if d.name == "synthetic":
       rng = np.random.default_rng(config.training.seed)
       n = max(256, 2 * config.training.batch_size)

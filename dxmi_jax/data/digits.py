@@ -10,6 +10,10 @@ with scikit-learn, no download) with 17 grey levels 0..16 and labels 0..9 (class
   data set's order, every fifth example (within-class position 4, 9, 14, ...) is *test*, the rest *train*.
   That is stratified and spreads both splits evenly along the file's order.
   Sizes: test = sum over classes of floor(n_c / 5) = 355, train = 1,442.
+  *val* is carved out of train for model selection, by the same kind of rule: within-class positions
+  2, 12, 22, ... (every tenth example, never a test one); *fit* is train without val.  Sizes: val 181,
+  fit 1,261.  A run that selects checkpoints on val trains on fit, so neither selection nor training
+  ever sees test.
 * Size: ``image_size=8`` keeps the native 8x8 (already a power of two; a UNet with two 2x downsamplings
   reaches 2x2). ``image_size=16`` (any larger size of the same parity) with ``resize="pad"`` (default) pads
   the background value 0 evenly on all sides, leaving every original pixel and the 17-level value set
@@ -30,7 +34,8 @@ from dxmi_jax.data.images import ArraySource
 NATIVE_SIZE = 8
 GREY_LEVELS = 16  # values run 0..16
 TEST_EVERY = 5  # every fifth example of each class is in the test split
-SPLITS = ("train", "test")
+VAL_EVERY, VAL_OFFSET = 10, 2  # within-class positions 2, 12, 22, ... form val (never test: 2 % 5 != 4)
+SPLITS = ("train", "test", "fit", "val")
 RESIZES = ("pad", "nearest")
 
 
@@ -43,15 +48,18 @@ def _load() -> tuple[np.ndarray, np.ndarray]:
 
 
 def digits_split_indices(split: str) -> np.ndarray:
-  """Indices into ``load_digits()`` of ``split`` ("train" or "test"), ascending."""
+  """Indices into ``load_digits()`` of ``split`` ("train", "test", "fit" or "val"), ascending."""
   if split not in SPLITS:
-    raise ValueError(f"digits split must be one of {SPLITS}, got {split!r}")
+    raise ValueError(f"digits split (config.data.split) must be one of {SPLITS}, got {split!r}")
   _, targets = _load()
   is_test = np.zeros(targets.shape[0], dtype=bool)
+  is_val = np.zeros(targets.shape[0], dtype=bool)
   for c in np.unique(targets):
     members = np.flatnonzero(targets == c)
     is_test[members[TEST_EVERY - 1 :: TEST_EVERY]] = True
-  return np.flatnonzero(is_test if split == "test" else ~is_test)
+    is_val[members[VAL_OFFSET::VAL_EVERY]] = True
+  chosen = {"test": is_test, "train": ~is_test, "val": is_val, "fit": ~is_test & ~is_val}[split]
+  return np.flatnonzero(chosen)
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:
@@ -92,7 +100,8 @@ def digits_source(split: str, image_size: int = NATIVE_SIZE, *, resize: str = "p
   """A random-access source (``{"image": uint8 (S, S, 1), "label": 0..9}``) over the digits ``split``.
 
   Args:
-    split: "train" (1,442 images) or "test" (355 images); see the module docstring for the rule.
+    split: "train" (1,442 images), "test" (355), or train's two parts "fit" (1,261) and "val" (181);
+      see the module docstring for the rule.
     image_size: 8 (native) or larger, e.g. 16 (``config.data.image_size``).
     resize: how to reach ``image_size`` > 8: "pad" (default) or "nearest".
   """

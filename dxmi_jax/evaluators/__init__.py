@@ -7,6 +7,7 @@ returns a flat {metric: float} dict; the loop merges them into one evaluation re
 
   vector   SW (mean ± std over data draws) with its floor, energy AUC with the ideal, figure
   images   a sample grid (TensorBoard + PNG) and, when configured, the FID proxy
+  digits   the grid plus the digits metric against config.eval.digits_reference (model selection)
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ def register(name: str, factory: Callable) -> None:
 
 def _defaults():
   # imported here: each evaluator module pulls in its own metrics
-  from dxmi_jax.evaluators import images, vector  # pylint: disable=import-outside-toplevel
+  from dxmi_jax.evaluators import digits, images, vector  # pylint: disable=import-outside-toplevel
 
   register("vector", vector.VectorEvaluator)
   register("images", images.ImageEvaluator)
+  register("digits", digits.DigitsEvaluator)
 
 
 def names(config) -> List[str]:

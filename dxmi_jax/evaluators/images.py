@@ -57,6 +57,14 @@ class ImageEvaluator:
     extractor = features.InceptionFeatureExtractor.from_weights(ec.inception_weights or None, config=self.exp.config)
     return extractor, fid.load_reference(ec.reference_stats, load_images=False)
 
+  @staticmethod
+  def write_grid(imgs, step, workdir, writer):
+    """The first 64 samples as a grid: TensorBoard image and <workdir>/samples_grid.png."""
+    if writer is not None:
+      writer.image("samples", grid_image(imgs), step)
+    if workdir is not None and jax.process_index() == 0:
+      samples.save_image_grid(os.path.join(workdir, "samples_grid.png"), imgs[:64], nrow=8)
+
   def __call__(
     self, state, step: int, *, final: bool = False, workdir: Optional[str] = None, writer=None
   ) -> Dict[str, float]:
@@ -66,10 +74,7 @@ class ImageEvaluator:
     imgs, _ = sampling.generate_images(
       exp, state, 64, seed=exp.config.sample.seed, mesh=self.mesh, batch_size=self.batch_size
     )
-    if writer is not None:
-      writer.image("samples", grid_image(imgs), step)
-    if workdir is not None and jax.process_index() == 0:
-      samples.save_image_grid(os.path.join(workdir, "samples_grid.png"), imgs, nrow=8)
+    self.write_grid(imgs, step, workdir, writer)
     if ec.reference_stats:  # the Inception weights: config.eval.inception_weights or $DXMI_INCEPTION_WEIGHTS
       from dxmi_jax.metrics import fid  # pylint: disable=import-outside-toplevel
 
