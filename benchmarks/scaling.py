@@ -15,6 +15,7 @@ the same program structure, which is what the data-parallel split is about.
     python benchmarks/scaling.py                 # smoke ratios + big-config memory -> results/scaling.json
     python benchmarks/scaling.py --only=smoke    # the global-batch-16 ratios only (about 2 minutes)
     python benchmarks/scaling.py --only=big      # the real ImageNet-64 / LSUN-256 steps only
+    python benchmarks/scaling.py --only=policy_grad   # the ImageNet-64 UNet gradient alone, chunked or not
 
 One measurement alone (JSON on stdout):
 
@@ -44,6 +45,10 @@ SMOKE = [
 #: the real configs whose per-device memory issue 10 asks for, and the options measured
 BIG = [("imagenet64_t10_b128", "configs/imagenet64.py", 128, {}), ("lsun256_t4_b64", "configs/lsun_bedroom.py", 64, {})]
 OPTIONS = {"off": {}, "on": {"policy.net.remat": "blocks", "value.remat": "blocks", "training.fsdp": True}}
+#: "chunked": "on" plus perf.policy_grad_chunks, chosen per device count so that each policy
+#: gradient chunk holds CHUNK_ROWS rows per device (dxmi.policy_update accumulates the chunks)
+OPTIONS["chunked"] = dict(OPTIONS["on"])
+CHUNK_ROWS = 4
 #: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
 #: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -109,6 +114,74 @@ def measure(spec: str, batch: int, overrides=None) -> dict:
     "compile_s": round(t_compile, 1),
     "compile_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
   }
+
+
+def measure_policy_grad(rows: int, chunks: int, overrides=None) -> dict:
+  """Temporaries of the ImageNet-64 policy network's gradient alone (1 device), at ``rows`` rows.
+
+  The gradient (dropout on, mean-square output loss) is accumulated over ``chunks`` chunks of
+  rows k, k + K, ... in a lax.scan, as ``dxmi.policy_update`` does with perf.policy_grad_chunks;
+  chunks=1 is the plain gradient.  The policy minibatch's UNet gradient is the largest stage
+  of the real step, so this compiles in a minute or two where the whole step takes 10-20.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import experiment  # pylint: disable=import-outside-toplevel
+
+  c = load_config("configs/imagenet64.py", overrides)
+  exp = experiment.build(c)
+  net = exp.policy.net
+  params = exp.abstract_state().policy.params["net"]
+
+  def loss(p, x, t, y):
+    out = net.apply({"params": p}, x, t, y=y, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+    return jnp.mean(out.astype(jnp.float32) ** 2)
+
+  def grad(p, x, t, y):
+    if chunks == 1:
+      return jax.grad(loss)(p, x, t, y)
+    split = lambda a: jnp.moveaxis(a.reshape((rows // chunks, chunks) + a.shape[1:]), 1, 0)
+
+    def body(total, inp):
+      return jax.tree.map(jnp.add, total, jax.grad(loss)(p, *inp)), None
+
+    total, _ = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, p), (split(x), split(t), split(y)))
+    return jax.tree.map(lambda g: g / chunks, total)
+
+  args = (
+    jax.ShapeDtypeStruct((rows, 64, 64, 3), jnp.float32),
+    jax.ShapeDtypeStruct((rows,), jnp.float32),
+    jax.ShapeDtypeStruct((rows,), jnp.int32),
+  )
+  t0 = time.time()
+  mem = jax.jit(grad).lower(params, *args).compile().memory_analysis()
+  return {
+    "what": "imagenet64 policy network gradient",
+    "rows": rows,
+    "chunks": chunks,
+    "overrides": overrides or {},
+    "temp_bytes": int(mem.temp_size_in_bytes),
+    "argument_bytes": int(mem.argument_size_in_bytes),
+    "compile_s": round(time.time() - t0, 1),
+  }
+
+
+def policy_grad_memory():
+  """Rows 16 (one device's share of B=128 at 8 devices): plain, remat, without attention, chunked."""
+  jobs = [
+    {"rows": 16, "chunks": 1, "overrides": {}},
+    {"rows": 16, "chunks": 1, "overrides": {"policy.net.remat": "blocks"}},
+    {"rows": 16, "chunks": 1, "overrides": {"policy.net.remat": "blocks", "policy.net.attention_resolutions": []}},
+    {"rows": 16, "chunks": 4, "overrides": {}},
+  ]
+  rows = []
+  for job in jobs:
+    r = run_worker(dict(job, policy_grad=True), 1)
+    print(
+      f"policy grad rows={r['rows']} chunks={r['chunks']} {r['overrides']}: {r['temp_bytes'] / GB:.2f} GB", flush=True
+    )
+    rows.append(r)
+  return rows
 
 
 def measure_sampler(spec: str, batch: int) -> dict:
@@ -197,12 +270,17 @@ def smoke_ratios():
   return rows
 
 
-def big_memory(device_counts=(1, 8, 64), options=("off", "on")):
+def big_memory(device_counts=(1, 8, 64), options=("off", "on", "chunked"), names=None):
   rows = []
   for name, spec, batch, over in BIG:
+    if names and name not in names:
+      continue
     for opt in options:
       for n in device_counts:
-        r = run_worker({"config": spec, "batch": batch, "overrides": dict(over, **OPTIONS[opt])}, n)
+        job_over = dict(over, **OPTIONS[opt])
+        if opt == "chunked":
+          job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS)
+        r = run_worker({"config": spec, "batch": batch, "overrides": job_over}, n)
         r.update(name=name, options=opt)
         print(
           f"{name:20s} options={opt:3s} devices={n:3d}: per device temporaries "
@@ -231,13 +309,19 @@ def machine():
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--worker", default="", help="internal: one measurement as JSON")
-  ap.add_argument("--only", default="", choices=["", "smoke", "sampler", "big"])
+  ap.add_argument("--only", default="", choices=["", "smoke", "sampler", "big", "policy_grad"])
   ap.add_argument("--devices", default="1,8,64", help="device counts of the big-config memory table")
+  ap.add_argument(
+    "--options", default="off,on,chunked", help="option sets of the big-config table: " + ",".join(OPTIONS)
+  )
+  ap.add_argument("--names", default="", help="big configs to measure (default all): " + ",".join(b[0] for b in BIG))
   ap.add_argument("--out", default=os.path.join(REPO, "results", "scaling.json"))
   args = ap.parse_args()
   if args.worker:
     job = json.loads(args.worker)
-    if job.get("sampler"):
+    if job.get("policy_grad"):
+      print(json.dumps(measure_policy_grad(job["rows"], job["chunks"], job.get("overrides"))))
+    elif job.get("sampler"):
       print(json.dumps(measure_sampler(job["config"], job["batch"])))
     else:
       print(json.dumps(measure(job["config"], job["batch"], job.get("overrides"))))
@@ -251,8 +335,17 @@ def main():
     out["smoke"] = smoke_ratios()
   if args.only in ("", "smoke", "sampler"):
     out["sampler"] = sampler_ratios()
+  if args.only in ("", "policy_grad"):
+    out["policy_grad"] = policy_grad_memory()
   if args.only in ("", "big"):
-    out["big"] = big_memory(tuple(int(v) for v in args.devices.split(",")))
+    rows = big_memory(
+      tuple(int(v) for v in args.devices.split(",")),
+      tuple(o for o in args.options.split(",") if o),
+      tuple(n for n in args.names.split(",") if n),
+    )
+    key = lambda r: (r["name"], r["options"], r["devices"])  # new rows replace the same measurement
+    fresh = {key(r) for r in rows}
+    out["big"] = [r for r in out.get("big", []) if key(r) not in fresh] + rows
   out.update(
     machine=machine(),
     command="python benchmarks/scaling.py " + " ".join(sys.argv[1:]),

@@ -73,6 +73,12 @@ class DxMIConfig:
                       0 (or >= T) fully unrolled, which compiles longer and, since
                       models/conv.py, no longer runs faster on a CPU (configs/default.py ``perf``;
                       README "Speed").
+  policy_grad_chunks: K: each policy minibatch's gradient is accumulated over K chunks of
+                      its rows, one UNet forward/backward per chunk (lax.scan), so the
+                      backward's activations are those of B/K rows (memory only: the step
+                      is the same up to float summation order; dropout masks differ).  The
+                      chunks take every K-th row, so each device's share of a chunk is its
+                      own B/(nK) rows and nothing moves between devices.  1: one gradient.
   """
 
   num_steps: int
@@ -96,12 +102,15 @@ class DxMIConfig:
   avr_init: str = "policy"
   rollout_unroll: int = 1
   td_unroll: int = 1
+  policy_grad_chunks: int = 1
 
   def __post_init__(self):
     if self.num_steps < 1:
       raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
     if not 1 <= self.policy_minibatches <= self.num_steps:
       raise ValueError(f"policy_minibatches must be in [1, T={self.num_steps}], got {self.policy_minibatches}")
+    if self.policy_grad_chunks < 1:
+      raise ValueError(f"policy_grad_chunks must be >= 1, got {self.policy_grad_chunks}")
     if self.avr_init not in AVR_INITS:
       raise ValueError(f"avr_init must be one of {AVR_INITS}, got {self.avr_init!r}")
 
@@ -386,6 +395,36 @@ def gather_transitions(traj: Trajectory, index, y=None):
   return states, t.astype(jnp.int32), (None if y is None else y[b])
 
 
+def _chunked_loss_and_grad(loss_and_grad, rows, key, K, constrain, params):
+  """(aux, mean gradient) of a minibatch from K chunks of its rows (``policy_grad_chunks``).
+
+  Chunk k holds rows k, k + K, k + 2K, ...: the (B,) axis is reshaped to (B/K, K), so a
+  device's contiguous block of rows splits into its own part of every chunk.  The loss is
+  a mean over rows, so the minibatch gradient is the mean of the K chunk gradients; per-row
+  outputs are put back in row order and the loss is the mean of the chunk losses.
+  """
+  B = rows[0].shape[0]
+  if B % K:
+    raise ValueError(f"policy_grad_chunks={K} must divide the policy minibatch ({B} rows)")
+
+  def split(a):
+    return None if a is None else constrain(jnp.moveaxis(a.reshape((B // K, K) + a.shape[1:]), 1, 0), 1)
+
+  def merge(a):  # (K, B/K, ...) -> (B, ...) in row order
+    return jnp.moveaxis(a, 0, 1).reshape((B,) + a.shape[2:])
+
+  def body(total, inp):
+    chunk, k = inp
+    (_, aux), grads = loss_and_grad(chunk, jax.random.fold_in(key, k))
+    return jax.tree.map(jnp.add, total, grads), aux
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  chunks = tuple(split(a) for a in rows)
+  total, aux = jax.lax.scan(body, zeros, (chunks, jnp.arange(K)))
+  aux = {n: (jnp.mean(v) if v.ndim == 1 else merge(v)) for n, v in aux.items()}
+  return aux, jax.tree.map(lambda g: g / K, total)
+
+
 def policy_update(
   policy_state,
   policy,
@@ -424,22 +463,31 @@ def policy_update(
     index, eps, key = inp
     index, eps = constrain(index, 0), constrain(eps, 0)
     x, t, yb = constrain(gather_transitions(traj, index, y), 0)
-    grad_fn = jax.value_and_grad(policy_loss, has_aux=True)
-    (_, aux), grads = grad_fn(
-      state.params,
-      policy,
-      value_apply,
-      value_params,
-      x,
-      t,
-      eps,
-      yb,
-      velocity_scale,
-      cfg,
-      energy_apply=energy_apply,
-      energy_params=energy_params,
-      rngs={"dropout": key},
-    )
+
+    def loss_and_grad(rows, key):
+      cx, ct, ce, cy = rows
+      return jax.value_and_grad(policy_loss, has_aux=True)(
+        state.params,
+        policy,
+        value_apply,
+        value_params,
+        cx,
+        ct,
+        ce,
+        cy,
+        velocity_scale,
+        cfg,
+        energy_apply=energy_apply,
+        energy_params=energy_params,
+        rngs={"dropout": key},
+      )
+
+    if cfg.policy_grad_chunks == 1:
+      (_, aux), grads = loss_and_grad((x, t, eps, yb), key)
+    else:
+      aux, grads = _chunked_loss_and_grad(
+        loss_and_grad, (x, t, eps, yb), key, cfg.policy_grad_chunks, constrain, state.params
+      )
     grads, gnorm = clip_by_global_norm(grads, cfg.policy_grad_clip)
     finite = jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm)
     if guarded:  # the step itself is conditional: no second copy of the state exists

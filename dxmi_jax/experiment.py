@@ -87,6 +87,12 @@ def validate(config, mode: str = "train"):
       raise ConfigError(f"config.perf.{key} must be >= 0 (0: fully unrolled), got {config.perf[key]}")
   if config.perf.conv not in conv.MODES:
     raise ConfigError(f"config.perf.conv: expected one of {conv.MODES}, got {config.perf.conv!r}")
+  K = config.perf.policy_grad_chunks
+  if isinstance(K, bool) or not isinstance(K, int) or K < 1 or B % (K * n_dev):
+    raise ConfigError(
+      f"config.perf.policy_grad_chunks must be an integer >= 1 with batch_size={B} divisible by it times "
+      f"the number of devices ({n_dev}), got {K!r}"
+    )
   if not 0 <= config.dxmi.skip_sampler_tau <= T:
     raise ConfigError(f"config.dxmi.skip_sampler_tau must be in [0, T={T}], got {config.dxmi.skip_sampler_tau}")
   validate_numbers(config)
@@ -240,6 +246,7 @@ def dxmi_config(config) -> dxmi.DxMIConfig:
     avr_init=d.avr_init,
     rollout_unroll=config.perf.rollout_unroll,
     td_unroll=config.perf.td_unroll,
+    policy_grad_chunks=config.perf.policy_grad_chunks,
   )
 
 

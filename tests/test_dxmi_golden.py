@@ -6,6 +6,8 @@ functions production uses (``rollout``, ``avr_update``, ``energy_step``,
 quantity is compared at rtol 1e-5 / atol 1e-6.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,11 +152,16 @@ def test_td_value_scan(problem):
     _assert_close(val, g[f"params_after_update_f_v/value/{name}"], f"value after update_f_v {name}")
 
 
-def test_policy_update(problem):
+@pytest.mark.parametrize("chunks", [1, 4])
+def test_policy_update(problem, chunks):
+  """Also with each minibatch's gradient accumulated over 4 chunks of its rows (perf.policy_grad_chunks):
+  the same recorded step, per-row outputs back in row order."""
   p, g = problem, problem.g
   traj, s_new, value_state, _ = _through_td(p)
+  assert p.B % chunks == 0 and not p.cfg.policy_train_mode  # no dropout: chunking changes no mask
+  cfg = dataclasses.replace(p.cfg, policy_grad_chunks=chunks)
   policy_state, aux = dxmi.policy_update(
-    p.state.policy, p.policy, p.value_apply, value_state.params, traj, s_new, p.noise, p.cfg
+    p.state.policy, p.policy, p.value_apply, value_state.params, traj, s_new, p.noise, cfg
   )
   for m in range(p.cfg.policy_minibatches):
     pre = f"sampler_update/{m}"

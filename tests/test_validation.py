@@ -66,6 +66,11 @@ CASES = {
   "avr nan": (dict(dxmi__adavelreg=float("nan")), r"config\.dxmi\.adavelreg must be a finite number"),
   "adam b2 1": (dict(optim__b2=1.0), r"config\.optim\.b2 must be >= 0 and < 1"),
   "adam eps 0": (dict(optim__eps=0.0), r"config\.optim\.eps must be > 0"),
+  "grad chunks 0": (dict(perf__policy_grad_chunks=0), r"config\.perf\.policy_grad_chunks must be an integer >= 1"),
+  "grad chunks not dividing": (
+    dict(perf__policy_grad_chunks=3),
+    r"config\.perf\.policy_grad_chunks .* batch_size=64 divisible by it times the number of devices \(1\), got 3",
+  ),
   "split of 2D data": (dict(data__split="val"), r"config\.data\.split='val': only .* have other splits"),
   "digits evaluator on 2D data": (
     dict(eval__evaluators="digits"),
