@@ -346,14 +346,17 @@ def main():
     key = lambda r: (r["name"], r["options"], r["devices"])  # new rows replace the same measurement
     fresh = {key(r) for r in rows}
     out["big"] = [r for r in out.get("big", []) if key(r) not in fresh] + rows
-  out.update(
-    machine=machine(),
-    command="python benchmarks/scaling.py " + " ".join(sys.argv[1:]),
-    wall_s=round(time.time() - t0, 1),
+  # every invocation that wrote into this file, oldest first (a partial --only run keeps the rest)
+  earlier = out.pop("command", None)
+  commands = out.get("commands", [earlier] if earlier else [])
+  commands.append(
+    {"command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:]), "wall_s": round(time.time() - t0, 1)}
   )
+  out.update(machine=dict(out.get("machine", {}), **machine()), commands=commands)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(out, f, indent=1)
+  from dxmi_jax import io  # pylint: disable=import-outside-toplevel
+
+  io.atomic_write_json(args.out, out)
   print(f"wrote {args.out} ({time.time() - t0:.0f} s)")
 
 
