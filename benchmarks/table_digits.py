@@ -307,8 +307,13 @@ def plot_curves(rows, path):
         sig = np.asarray(c["sigma"], np.float64)
         for t in range(sig.shape[1] if sig.ndim == 2 else 0):
           ax_s.plot(c["train_step"], sig[:, t], label=f"σ_{t}")
-    ax_fd.set(title=f"{LABELS[name].strip('*')}: digits FD on val", xlabel="iteration", ylabel="FD")
+    ax_fd.set(title=f"{LABELS[name].replace('*', '')}: digits FD on val", xlabel="iteration", ylabel="FD")
     ax_e.set(title="mean energy (data solid, samples dashed)", xlabel="iteration")
+    e = np.asarray([v for r in rows[name]["per_seed"] for v in r["curves"]["pos_e"] + r["curves"]["neg_e"]], float)
+    e = e[np.isfinite(e)]
+    if e.size:  # a few single-iteration spikes would flatten the curves
+      lo, hi = np.percentile(e, [0.5, 99.5])
+      ax_e.set_ylim(lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo))
     ax_s.set(
       title=f"sigmas (seed {rows[name]['per_seed'][0]['seed']}, sampling order)", xlabel="iteration", yscale="log"
     )

@@ -183,9 +183,11 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
     train_step = compile_train_step(exp, mesh)
     evals = evaluators.build(exp)
     t0 = time.time()
-    if start == 0 and tc.eval_at_start:  # the starting sampler (e.g. the pretrained DDPM)
+    # the starting sampler (e.g. the pretrained DDPM), saved too so that best-by-metric can pick it;
+    # not again after a resume from that checkpoint, and not when the final evaluation is step 0
+    if start == 0 and tc.eval_at_start and tc.num_iters > 0 and ckpt.latest_step() is None:
       start_metrics = evaluate(exp, evals, state, workdir, 0, writer, final=False)
-      if tc.best_metric:  # a checkpoint of step 0 too, so that best-by-metric can select the start
+      if tc.best_metric:
         _save(ckpt, exp, 0, state, start_metrics)
     progress = writers.Progress(tc.num_iters, start)
     check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))

@@ -185,3 +185,33 @@ def test_same_config_reproduces_exactly(reference, tmp_path):
   assert {k: v for k, v in again.items() if not k.startswith("perf/")} == {
     k: v for k, v in final.items() if not k.startswith("perf/")
   }
+
+
+def test_step_zero_is_a_checkpoint_the_best_can_pick_and_a_resume_point(tmp_path):
+  """eval_at_start + best_metric: step 0 is evaluated, saved and offered to the best manager (so the
+  starting sampler can be selected); a run whose last checkpoint is step 0 resumes from it exactly and
+  does not evaluate step 0 again."""
+  over = dict(
+    training__num_iters=4,
+    training__log_every=2,
+    training__checkpoint_every=2,
+    training__eval_every=2,
+    training__eval_at_start=True,
+    training__best_metric="min:sw",
+    training__keep_checkpoints=1,
+  )
+  a, b = tmp_path / "a", tmp_path / "b"
+  modes.run(tiny_config(**over), str(a))
+  sw = {r["step"]: r["sw"] for r in records(a) if r["kind"] == "eval"}
+  assert sorted(sw) == [0, 2, 4]
+  assert ckpt_lib.committed_steps(str(a), best=True) == [min(sw, key=sw.get)]
+
+  modes.run(tiny_config(**dict(over, training__num_iters=0)), str(b))  # stops at step 0
+  assert ckpt_lib.committed_steps(str(b)) == [0]
+  modes.run(tiny_config(**over), str(b))
+  assert [(r["step"], r["kind"]) for r in records(b)] == [(r["step"], r["kind"]) for r in records(a)]
+  assert {r["step"]: r["sw"] for r in records(b) if r["kind"] == "eval"} == sw
+  sa, _ = ckpt_lib.load_raw(str(a))
+  sb, _ = ckpt_lib.load_raw(str(b))
+  for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+    np.testing.assert_array_equal(x, y)
