@@ -102,6 +102,11 @@ def _args(argv=None):
   p.add_argument(
     "--ddpm1000_seeds", type=int, default=-1, help="how many of --seeds the (slow) 1000-step row uses; -1: all"
   )
+  p.add_argument(
+    "--row_seeds",
+    default="",
+    help="per-row seed lists overriding --seeds, e.g. 'dxmi_t10_tau0=0,1;ddpm1000=0' (a row with fewer runs)",
+  )
   p.add_argument("--dxmi_iters", type=int, default=-1, help="DxMI iterations; -1: the config's")
   p.add_argument("--rows", default=",".join(ROW_ORDER), help="subset of " + ",".join(ROW_ORDER))
   p.add_argument(
@@ -359,6 +364,10 @@ def _seed_record(name, seed, args, ddpm_dir, clf):
     rec.update(m)
     rec["num_iters"] = int(samplers["last"][2])
     rec["train_seconds_this_invocation"] = secs
+    done = os.path.join(run_dir, "benchmark_train.json")  # written by the --train_only process that trained it
+    if os.path.exists(done):
+      with open(done) as f:
+        rec["train"] = json.load(f)
     rec["curves"] = learning_curves(run_dir)
     return rec, imgs
   else:
@@ -375,7 +384,11 @@ def main(argv=None):
 
   seeds = [int(s) for s in args.seeds.split(",")]
   rows = [r for r in args.rows.split(",") if r]
-  bad = [r for r in rows if r not in ROW_ORDER]
+  row_seeds = {}
+  for item in filter(None, args.row_seeds.split(";")):
+    name, _, spec = item.partition("=")
+    row_seeds[name.strip()] = [int(v) for v in spec.split(",") if v.strip()]
+  bad = [r for r in list(rows) + list(row_seeds) if r not in ROW_ORDER]
   if bad:
     raise SystemExit(f"--rows: unknown {bad}; expected a subset of {ROW_ORDER}")
   os.makedirs(args.workdir, exist_ok=True)
@@ -406,6 +419,7 @@ def main(argv=None):
   for name in [r for r in ROW_ORDER if r in rows]:
     t0 = time.time()
     use = seeds[: args.ddpm1000_seeds] if name == "ddpm1000" and args.ddpm1000_seeds > 0 else seeds
+    use = row_seeds.get(name, use)
     per_seed = []
     for seed in use:
       cache = os.path.join(rows_dir, f"{name}_s{seed}.json")
