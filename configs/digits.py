@@ -29,7 +29,7 @@ policy minibatch of B transitions per iteration, policy grad clip 0.1 for the UN
 log-sigmas together, dropout on in the policy update, shared value/energy, no value clip,
 tau1 0.1, tau2 0.01, gamma 1, AVR 0.99, sigmoid time cost).  Changed settings, and why:
 
-  num_iters        78,000 -> 2,000  CPU budget (about 20 minutes per T=10 run on 2 cores).
+  num_iters        78,000 -> 2,000  CPU budget (27-39 minutes per T=10 run on one core of ours).
   learning rates   scaled so that lr x iterations, the distance Adam can move each weight, equals
                    the CIFAR run's (78,000 / 2,000 = 39, rounded): policy 1e-7 -> 4e-6,
                    log-sigmas 1e-5 -> 4e-4, value 1e-5 -> 4e-4.  No search was run (no budget);
