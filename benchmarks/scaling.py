@@ -49,6 +49,9 @@ OPTIONS = {"off": {}, "on": {"policy.net.remat": "blocks", "value.remat": "block
 #: gradient chunk holds CHUNK_ROWS rows per device (dxmi.policy_update accumulates the chunks)
 OPTIONS["chunked"] = dict(OPTIONS["on"])
 CHUNK_ROWS = 4
+#: "chunked_attn": "chunked" plus attention over ATTENTION_CHUNK query rows at a time (models/attention.py)
+ATTENTION_CHUNK = 256
+OPTIONS["chunked_attn"] = dict(OPTIONS["chunked"], **{"policy.net.attention_chunk": ATTENTION_CHUNK})
 #: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
 #: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -67,6 +70,9 @@ def load_config(spec: str, overrides=None):
   # the convolution GPUs and TPUs compile ("auto" picks the im2col "loop_safe" gradient on a CPU
   # backend only, whose patch matrices would dominate a CPU memory analysis)
   c.perf.conv = "xla"
+  # XLA's default dot library (YNNPACK fusions), as every earlier row of results/scaling.json was
+  # compiled: the CPU-speed switch "eigen" (compiler.py) fuses less, which a memory table should not mix
+  c.perf.cpu_dots = "ynnpack"
   if c.data.class_cond:
     c.data.num_classes = c.policy.net.get("num_classes") or c.data.num_classes
   for key, value in (overrides or {}).items():
@@ -166,19 +172,33 @@ def measure_policy_grad(rows: int, chunks: int, overrides=None) -> dict:
   }
 
 
-def policy_grad_memory():
-  """Rows 16 (one device's share of B=128 at 8 devices): plain, remat, without attention, chunked."""
-  jobs = [
-    {"rows": 16, "chunks": 1, "overrides": {}},
-    {"rows": 16, "chunks": 1, "overrides": {"policy.net.remat": "blocks"}},
+#: (name, job) of the ImageNet-64 policy-gradient-alone measurements (16 rows: one device's share
+#: of B=128 at 8 devices)
+POLICY_GRAD_JOBS = [
+  ("plain", {"rows": 16, "chunks": 1, "overrides": {}}),
+  ("remat", {"rows": 16, "chunks": 1, "overrides": {"policy.net.remat": "blocks"}}),
+  (
+    "remat_no_attention",
     {"rows": 16, "chunks": 1, "overrides": {"policy.net.remat": "blocks", "policy.net.attention_resolutions": []}},
-    {"rows": 16, "chunks": 4, "overrides": {}},
-  ]
+  ),
+  ("chunks4", {"rows": 16, "chunks": 4, "overrides": {}}),
+  ("attn128", {"rows": 16, "chunks": 1, "overrides": {"policy.net.attention_chunk": 128}}),
+  ("chunks4_attn256", {"rows": 16, "chunks": 4, "overrides": {"policy.net.attention_chunk": 256}}),
+  ("chunks4_attn128", {"rows": 16, "chunks": 4, "overrides": {"policy.net.attention_chunk": 128}}),
+]
+
+
+def policy_grad_memory(names=None):
+  """The policy network's gradient alone: plain, remat, without attention, chunked rows and/or attention."""
   rows = []
-  for job in jobs:
+  for name, job in POLICY_GRAD_JOBS:
+    if names and name not in names:
+      continue
     r = run_worker(dict(job, policy_grad=True), 1)
+    r["name"] = name
     print(
-      f"policy grad rows={r['rows']} chunks={r['chunks']} {r['overrides']}: {r['temp_bytes'] / GB:.2f} GB", flush=True
+      f"policy grad {name}: rows={r['rows']} chunks={r['chunks']} {r['overrides']}: {r['temp_bytes'] / GB:.2f} GB",
+      flush=True,
     )
     rows.append(r)
   return rows
@@ -278,7 +298,7 @@ def big_memory(device_counts=(1, 8, 64), options=("off", "on", "chunked"), names
     for opt in options:
       for n in device_counts:
         job_over = dict(over, **OPTIONS[opt])
-        if opt == "chunked":
+        if opt.startswith("chunked"):
           job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS)
         r = run_worker({"config": spec, "batch": batch, "overrides": job_over}, n)
         r.update(name=name, options=opt)
@@ -291,6 +311,16 @@ def big_memory(device_counts=(1, 8, 64), options=("off", "on", "chunked"), names
         )
         rows.append(r)
   return rows
+
+
+def _pg_name(row: dict) -> str:
+  """The job name of a policy_grad row (rows written before jobs had names are matched by content)."""
+  if "name" in row:
+    return row["name"]
+  for name, job in POLICY_GRAD_JOBS:
+    if (job["rows"], job["chunks"], job["overrides"]) == (row["rows"], row["chunks"], row["overrides"]):
+      return name
+  return ""
 
 
 def machine():
@@ -314,7 +344,14 @@ def main():
   ap.add_argument(
     "--options", default="off,on,chunked", help="option sets of the big-config table: " + ",".join(OPTIONS)
   )
-  ap.add_argument("--names", default="", help="big configs to measure (default all): " + ",".join(b[0] for b in BIG))
+  ap.add_argument(
+    "--names",
+    default="",
+    help="what to measure (default all): big configs "
+    + ",".join(b[0] for b in BIG)
+    + "; policy_grad jobs "
+    + ",".join(n for n, _ in POLICY_GRAD_JOBS),
+  )
   ap.add_argument("--out", default=os.path.join(REPO, "results", "scaling.json"))
   args = ap.parse_args()
   if args.worker:
@@ -335,13 +372,16 @@ def main():
     out["smoke"] = smoke_ratios()
   if args.only in ("", "smoke", "sampler"):
     out["sampler"] = sampler_ratios()
+  names = tuple(n for n in args.names.split(",") if n)
   if args.only in ("", "policy_grad"):
-    out["policy_grad"] = policy_grad_memory()
+    rows = policy_grad_memory(names)
+    fresh = {r["name"] for r in rows}
+    out["policy_grad"] = [r for r in out.get("policy_grad", []) if _pg_name(r) not in fresh] + rows
   if args.only in ("", "big"):
     rows = big_memory(
       tuple(int(v) for v in args.devices.split(",")),
       tuple(o for o in args.options.split(",") if o),
-      tuple(n for n in args.names.split(",") if n),
+      names,
     )
     key = lambda r: (r["name"], r["options"], r["devices"])  # new rows replace the same measurement
     fresh = {key(r) for r in rows}

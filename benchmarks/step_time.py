@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dxmi_jax import experiment, parallel, train  # noqa: E402
+from dxmi_jax import compiler, experiment, parallel, train  # noqa: E402
 
 _REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 config_flags.DEFINE_config_file("config", "configs/gaussians2d.py", "Experiment config.")
@@ -57,6 +57,12 @@ flags.DEFINE_string(
 flags.DEFINE_integer("official_iters", 0, "Official timed iterations per round (0: same as --iters).")
 flags.DEFINE_bool("count_flops", True, "Lower a fully unrolled copy of the step to count its FLOPs.")
 flags.DEFINE_string("out", "", "Write the result JSON here as well.")
+flags.DEFINE_multi_string(
+  "compare",
+  [],
+  "perf.KEY=VALUE (e.g. cpu_dots=ynnpack): also compile the step with this config.perf change and time it "
+  "in every round, alternating with ours (an in-run ratio for a compile choice).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -129,43 +135,67 @@ def cpu_model():
   return platform.processor() or platform.machine()
 
 
-def main(_):
-  config = FLAGS.config
-  exp = experiment.build(config)
-  mesh = parallel.make_mesh()
-  state = train.initial_state(exp, mesh)
-  batch0 = parallel.global_batch_from_local(exp.data.local_batch(0), mesh)
-  load_start = os.getloadavg()
+def _perf_variant(config, spec):
+  key, sep, value = spec.partition("=")
+  if not sep or key not in config.perf:
+    raise app.UsageError(f"--compare: expected perf.KEY=VALUE with KEY one of {sorted(config.perf)}, got {spec!r}")
+  variant = config.copy_and_resolve_references()
+  old = variant.perf[key]
+  variant.perf[key] = type(old)(value) if not isinstance(old, str) else value
+  experiment.validate(variant)
+  return variant
 
-  flops_unrolled = unrolled_flops(exp, mesh, state, batch0) if FLAGS.count_flops else float("nan")
-  t0 = time.perf_counter()
-  lowered = train.compile_train_step(exp, mesh).lower(state, batch0)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
-  flops_compiled = _flops(compiled.cost_analysis())
 
-  step_no = [0]
+class Timed:
+  """One compiled train step with its own state and data stream, timed in blocks."""
 
-  def one():
-    step_no[0] += 1
-    return parallel.global_batch_from_local(exp.data.local_batch(step_no[0]), mesh)
+  def __init__(self, config, mesh):
+    self.exp = experiment.build(config)
+    self.mesh = mesh
+    self.state = train.initial_state(self.exp, mesh)
+    self.batch0 = parallel.global_batch_from_local(self.exp.data.local_batch(0), mesh)
+    t0 = time.perf_counter()
+    self.compiled = train.compile_train_step(self.exp, mesh).lower(self.state, self.batch0).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.step_no = 0
 
-  state, m = compiled(state, batch0)
-  for _ in range(FLAGS.warmup):
-    state, m = compiled(state, one())
-  jax.block_until_ready(m)
+  def next_batch(self):
+    self.step_no += 1
+    return parallel.global_batch_from_local(self.exp.data.local_batch(self.step_no), self.mesh)
 
-  def ours_block(n):
-    nonlocal state
+  def warm(self, n):
+    self.state, m = self.compiled(self.state, self.batch0)
+    for _ in range(n):
+      self.state, m = self.compiled(self.state, self.next_batch())
+    jax.block_until_ready(m)
+
+  def block(self, n):
     wall, cpu = [], []
     for _ in range(n):
-      batch = one()
+      batch = self.next_batch()
       t, c = time.perf_counter(), time.process_time()
-      state, m = compiled(state, batch)
+      self.state, m = self.compiled(self.state, batch)
       jax.block_until_ready(m)
       wall.append(time.perf_counter() - t)
       cpu.append(time.process_time() - c)
     return wall, cpu
+
+
+def main(_):
+  config = FLAGS.config
+  mesh = parallel.make_mesh()
+  variants = [(spec, _perf_variant(config, spec)) for spec in FLAGS.compare]
+  ours = Timed(config, mesh)
+  exp, state, batch0 = ours.exp, ours.state, ours.batch0
+  load_start = os.getloadavg()
+
+  flops_unrolled = unrolled_flops(exp, mesh, state, batch0) if FLAGS.count_flops else float("nan")
+  compile_s = ours.compile_s
+  flops_compiled = _flops(ours.compiled.cost_analysis())
+  others = [(spec, Timed(v, mesh)) for spec, v in variants]
+  ours.warm(FLAGS.warmup)
+  for _, t in others:
+    t.warm(FLAGS.warmup)
 
   official = None
   o_iters = FLAGS.official_iters or FLAGS.iters
@@ -174,6 +204,7 @@ def main(_):
     _, cpu1 = run_official(official_command(config, 1, warm))
     official = {"medians_s": [], "cpu_s_per_iter": [], "command": " ".join(official_command(config, o_iters, warm))}
   wall, cpu, rounds = [], [], []
+  other_wall = {spec: [] for spec, _ in others}
   for r in range(FLAGS.rounds):
     entry = {}
     if official is not None:
@@ -182,12 +213,16 @@ def main(_):
       official["cpu_s_per_iter"].append((cpu_n - cpu1) / max(o_iters - 1, 1))
       official["torch"] = rec.get("torch")
       entry["official_median_s"] = rec["median_s_per_iter"]
-    w, c = ours_block(FLAGS.iters)
+    w, c = ours.block(FLAGS.iters)
     wall += w
     cpu += c
     entry["ours_median_s"] = float(np.median(w))
     if official is not None:
       entry["ratio"] = entry["official_median_s"] / entry["ours_median_s"]
+    for spec, t in others:
+      ow, _ = t.block(FLAGS.iters)
+      other_wall[spec] += ow
+      entry[f"median_s[{spec}]"] = float(np.median(ow))
     entry["loadavg_1min"] = os.getloadavg()[0]
     rounds.append(entry)
     print(json.dumps({"round": r, **entry}), flush=True)
@@ -199,6 +234,7 @@ def main(_):
     "T": config.policy.num_steps,
     "batch_size": config.training.batch_size,
     "perf": config.perf.to_dict(),
+    "compiler_options": compiler.options(config.perf),
     "compile_s": compile_s,
     "median_s_per_iter": med,
     "iters_per_s": 1.0 / med,
@@ -227,6 +263,17 @@ def main(_):
     result["speedup_vs_official"] = o_med / med
     result["speedup_vs_official_per_round"] = [e["ratio"] for e in rounds]
     result["cpu_speedup_vs_official"] = o_cpu / float(np.median(cpu))
+  if others:
+    result["compared"] = {
+      spec: {
+        "perf": t.exp.config.perf.to_dict(),
+        "compile_s": t.compile_s,
+        "median_s_per_iter": float(np.median(other_wall[spec])),
+        "ours_speedup": float(np.median(other_wall[spec])) / med,
+        "ours_speedup_per_round": [e[f"median_s[{spec}]"] / e["ours_median_s"] for e in rounds],
+      }
+      for spec, t in others
+    }
   print(json.dumps(result, indent=1))
   if FLAGS.out:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)

@@ -133,6 +133,7 @@ def get_config():
   c.perf.td_unroll = 1  # TD lax.scan, the same (unrolled: compiles ~2x longer, no faster on CPU)
   c.perf.policy_grad_chunks = 1  # K > 1: each policy minibatch's gradient over K chunks of rows (memory)
   c.perf.conv = "auto"  # models/conv.py: auto | xla | loop_safe (auto: loop_safe on CPU)
+  c.perf.cpu_dots = "auto"  # compiler.py: auto | eigen | ynnpack (XLA:CPU's dot library; auto: eigen)
 
   # --------------------------------------------- initialisation / resume
   c.init = ml_collections.ConfigDict()

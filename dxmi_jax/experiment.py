@@ -19,9 +19,9 @@ import ml_collections
 import optax
 
 from dxmi_jax import data as data_lib
-from dxmi_jax import dxmi, evaluators, sampling
+from dxmi_jax import compiler, dxmi, evaluators, sampling
 from dxmi_jax.data import toy2d
-from dxmi_jax.models import conv, registry
+from dxmi_jax.models import attention, conv, registry
 from dxmi_jax.models.layers import REMAT_POLICIES
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.state import DxMIState, TrainState, create_state
@@ -87,6 +87,8 @@ def validate(config, mode: str = "train"):
       raise ConfigError(f"config.perf.{key} must be >= 0 (0: fully unrolled), got {config.perf[key]}")
   if config.perf.conv not in conv.MODES:
     raise ConfigError(f"config.perf.conv: expected one of {conv.MODES}, got {config.perf.conv!r}")
+  if config.perf.get("cpu_dots", "auto") not in compiler.CPU_DOTS:
+    raise ConfigError(f"config.perf.cpu_dots: expected one of {compiler.CPU_DOTS}, got {config.perf.cpu_dots!r}")
   K = config.perf.policy_grad_chunks
   if isinstance(K, bool) or not isinstance(K, int) or K < 1 or B % (K * n_dev):
     raise ConfigError(
@@ -130,7 +132,31 @@ def validate(config, mode: str = "train"):
   for key, sub in (("policy.net", config.policy.net), ("value", config.value), ("energy", config.energy)):
     if sub.get("remat", "none") not in REMAT_POLICIES:
       raise ConfigError(f"config.{key}.remat: expected one of {sorted(REMAT_POLICIES)}, got {sub.remat!r}")
+    if "attention_chunk" in sub:
+      for tokens in attended_tokens(sub):
+        try:
+          attention.check_chunk(sub.attention_chunk, tokens, where=f"config.{key}.attention_chunk")
+        except ValueError as e:
+          raise ConfigError(str(e)) from None
   evaluators.validate(config)  # the data's own options are checked where they are read (data.build)
+
+
+def attended_tokens(net) -> list:
+  """H*W of every attention layer of a UNet config (ADM: attention_resolutions plus the middle
+  block; DDPM: attn_resolutions plus the middle block)."""
+  if net.arch == "adm_unet":
+    size, levels, res = (
+      net.get("image_size", 64),
+      len(net.get("channel_mult", (1,))),
+      net.get("attention_resolutions", ()),
+    )
+  elif net.arch == "ddpm_unet":
+    size, levels, res = net.get("resolution", 32), len(net.get("ch_mult", (1,))), net.get("attn_resolutions", ())
+  else:
+    return []
+  if isinstance(res, str):  # the official "32,16,8" spelling
+    res = [r for r in res.split(",") if r]
+  return sorted({int(r) ** 2 for r in res} | {(size // 2 ** (levels - 1)) ** 2})
 
 
 #: (section.key, lower bound, lower bound included, upper bound or None, upper included) of the

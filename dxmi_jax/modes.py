@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import evaluators, experiment, io, parallel, sampling, train, writers
+from dxmi_jax import compiler, evaluators, experiment, io, parallel, sampling, train, writers
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
 #: evaluation metrics of vector-data runs that can select the best checkpoint
@@ -183,6 +183,7 @@ def sample(exp, workdir):
     value_apply=exp.nets.value_apply,
     guidance_scale=sc.guidance_scale,
     guidance_sign=sc.guidance_sign,
+    compiler_options=compiler.options(exp.config.perf),
   )
   x = sampling.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size, value_params=state.value.params)
   path = os.path.join(workdir, "samples.npz")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import parallel, writers
+from dxmi_jax import compiler, parallel, writers
 from dxmi_jax.policies.schedules import ddpm_schedule
 
 
@@ -65,6 +65,7 @@ def pretrain(exp, workdir: str):
     in_shardings=(repl, repl, repl, data, repl),
     out_shardings=(repl, repl, repl, repl),
     donate_argnums=(0, 1, 2),
+    compiler_options=compiler.options(cfg.perf),
   )
   writer = writers.MetricWriter(os.path.join(workdir, "pretrain_logs"), tensorboard=False)
   t0 = time.time()

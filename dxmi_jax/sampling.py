@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dxmi_jax import compiler
 from dxmi_jax import samples as samples_lib
 
 
@@ -91,6 +92,7 @@ def make_generator(
   value_apply=None,
   guidance_scale: float = 0.0,
   guidance_sign: str = "descend",
+  compiler_options=None,
 ):
   """Returns gen(policy_params, key, y=None, value_params=None) -> (batch_size, ...) jitted.
 
@@ -100,7 +102,16 @@ def make_generator(
   its "data" axis (``generate``'s ``batch_sharding``): generation time falls with
   the device count.
   """
-  key = (id(policy), tuple(sample_shape), batch_size, mesh, id(value_apply), float(guidance_scale), guidance_sign)
+  key = (
+    id(policy),
+    tuple(sample_shape),
+    batch_size,
+    mesh,
+    id(value_apply),
+    float(guidance_scale),
+    guidance_sign,
+    compiler.cache_key(compiler_options),
+  )
   hit = _GENERATORS.get(key)
   if hit is not None:
     return hit[-1]
@@ -120,7 +131,8 @@ def make_generator(
     TRACES["count"] += 1  # Python side effect: runs at trace time only
     return fn(params, key, y=y, value_params=value_params)
 
-  jitted = jax.jit(gen) if mesh is None else jax.jit(gen, out_shardings=data)
+  shardings = {} if mesh is None else {"out_shardings": data}
+  jitted = jax.jit(gen, compiler_options=compiler_options, **shardings)
   # the policy and value_apply are kept alive with the entry, so their ids stay unique
   _GENERATORS[key] = (policy, value_apply, jitted)
   return jitted
@@ -182,6 +194,7 @@ def generate_images(exp, state, num: int, seed: int, mesh=None, labels=None, bat
     value_apply=exp.nets.value_apply,
     guidance_scale=sc.guidance_scale,
     guidance_sign=sc.guidance_sign,
+    compiler_options=compiler.options(exp.config.perf),
   )
   x = sample_many(gen, state.policy.params, seed, num, bs, labels=labels, value_params=state.value.params)
   return samples_lib.to_uint8(x, sc.rounding), labels

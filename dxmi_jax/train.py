@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import dxmi, evaluators, io, parallel, writers
+from dxmi_jax import compiler, dxmi, evaluators, io, parallel, writers
 from dxmi_jax.data.loader import prefetch_to_device
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
@@ -117,7 +117,13 @@ def compile_train_step(exp, mesh):
   as placed by ``initial_state`` / restored); the step returns it in the same layout."""
   step = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh, param_shardings=state_shardings(exp, mesh))
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  return jax.jit(step, in_shardings=(None, data), out_shardings=(None, repl), donate_argnums=(0,))
+  return jax.jit(
+    step,
+    in_shardings=(None, data),
+    out_shardings=(None, repl),
+    donate_argnums=(0,),
+    compiler_options=compiler.options(exp.config.perf),
+  )
 
 
 def lower_train_step(exp, mesh):

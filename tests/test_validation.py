@@ -71,6 +71,10 @@ CASES = {
     dict(perf__policy_grad_chunks=3),
     r"config\.perf\.policy_grad_chunks .* batch_size=64 divisible by it times the number of devices \(1\), got 3",
   ),
+  "cpu dots unknown": (
+    dict(perf__cpu_dots="mkl"),
+    r"config\.perf\.cpu_dots: expected one of \('auto', 'eigen', 'ynnpack'\)",
+  ),
   "split of 2D data": (dict(data__split="val"), r"config\.data\.split='val': only .* have other splits"),
   "digits evaluator on 2D data": (
     dict(eval__evaluators="digits"),

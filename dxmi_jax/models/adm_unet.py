@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dxmi_jax.models import attention
 from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2, remat_block, upsample_nearest2x
 
 Dtype = Any
@@ -118,6 +119,7 @@ class AttentionBlock(nn.Module):
 
   num_heads: int
   dtype: Dtype = jnp.float32
+  query_chunk: int = 0  # models/attention.py: query rows per chunk (memory); 0 = all at once
 
   @nn.compact
   def __call__(self, x):
@@ -129,9 +131,14 @@ class AttentionBlock(nn.Module):
     qkv = Conv2d(3 * c, 1, dtype=self.dtype, name="qkv")(GroupNorm(32, _GN_EPS, name="norm")(x))
     q, k, v = jnp.moveaxis(qkv.reshape(b, hh * ww, 3, nh, d), 2, 0)  # each (B, S, heads, d)
     scale = 1.0 / math.sqrt(math.sqrt(d))
-    w = jnp.einsum("bthd,bshd->bhts", q * scale, k * scale)
-    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
-    a = jnp.einsum("bhts,bshd->bthd", w, v).reshape(b, hh, ww, c)
+    k = k * scale
+
+    def attend(q):  # (B, s, heads, d) queries -> (B, s, heads, d)
+      w = jnp.einsum("bthd,bshd->bhts", q * scale, k)
+      w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+      return jnp.einsum("bhts,bshd->bthd", w, v)
+
+    a = attention.over_query_chunks(attend, q, self.query_chunk).reshape(b, hh, ww, c)
     return x + Conv2d(c, 1, zero_init=True, dtype=self.dtype, name="proj_out")(a)
 
 
@@ -191,6 +198,7 @@ class ADMUNet(nn.Module):
   resblock_updown: bool = True
   dtype: Dtype = jnp.float32
   remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
+  attention_chunk: int = 0  # attention over this many query rows at a time (models/attention.py); 0 = off
 
   def _heads(self, ch: int, upsample: bool) -> int:
     if self.num_head_channels != -1:
@@ -223,7 +231,7 @@ class ADMUNet(nn.Module):
       return res_cls(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)(h, emb, deterministic)
 
     def attn(h, name, upsample=False):
-      return attn_cls(self._heads(h.shape[-1], upsample), dt, name=name)(h)
+      return attn_cls(self._heads(h.shape[-1], upsample), dt, self.attention_chunk, name=name)(h)
 
     ch = int(self.channel_mult[0] * mc)
     hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="input_blocks_0_0")(x.astype(dt))]
@@ -290,6 +298,7 @@ def adm_imagenet64() -> ml_collections.ConfigDict:
       resblock_updown=True,
       dtype="float32",
       remat="none",
+      attention_chunk=0,
     )
   )
 

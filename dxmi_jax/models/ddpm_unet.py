@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from dxmi_jax.models import attention
 from dxmi_jax.models.layers import Conv2d, Dense, GroupNorm, avg_pool2x2, remat_block, swish, upsample_nearest2x
 
 Dtype = Any
@@ -69,15 +70,20 @@ class AttnBlock(nn.Module):
   """Single-head spatial self-attention (tokens in row-major (H, W) order)."""
 
   dtype: Dtype = jnp.float32
+  query_chunk: int = 0  # models/attention.py: query rows per chunk (memory); 0 = all at once
 
   @nn.compact
   def __call__(self, x):
     b, hh, ww, c = x.shape
     h = GroupNorm(32, _GN_EPS, name="norm")(x)
     q, k, v = (Conv2d(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c) for n in "qkv")
-    w = jnp.einsum("bic,bjc->bij", q, k) * (int(c) ** -0.5)
-    w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
-    a = jnp.einsum("bij,bjc->bic", w, v).reshape(b, hh, ww, c)
+
+    def attend(q):  # (B, s, C) queries -> (B, s, C)
+      w = jnp.einsum("bic,bjc->bij", q, k) * (int(c) ** -0.5)
+      w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+      return jnp.einsum("bij,bjc->bic", w, v)
+
+    a = attention.over_query_chunks(attend, q, self.query_chunk).reshape(b, hh, ww, c)
     return x + Conv2d(c, 1, dtype=self.dtype, name="proj_out")(a)
 
 
@@ -125,6 +131,7 @@ class DDPMUNet(nn.Module):
   out_ch: int = 3
   dtype: Dtype = jnp.float32
   remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
+  attention_chunk: int = 0  # attention over this many query rows at a time (models/attention.py); 0 = off
 
   @nn.compact
   def __call__(self, x, t, y=None, deterministic: bool = True):
@@ -152,21 +159,21 @@ class DDPMUNet(nn.Module):
       for j in range(self.num_res_blocks):
         h = res(hs[-1], ch * self.ch_mult[lev], f"down_{lev}_block_{j}")
         if res_now in self.attn_resolutions:
-          h = attn_cls(dt, name=f"down_{lev}_attn_{j}")(h)
+          h = attn_cls(dt, self.attention_chunk, name=f"down_{lev}_attn_{j}")(h)
         hs.append(h)
       if lev != nlev - 1:
         hs.append(Downsample(self.resamp_with_conv, dt, name=f"down_{lev}_downsample")(hs[-1]))
         res_now //= 2
 
     h = res(hs[-1], hs[-1].shape[-1], "mid_block_1")
-    h = attn_cls(dt, name="mid_attn_1")(h)
+    h = attn_cls(dt, self.attention_chunk, name="mid_attn_1")(h)
     h = res(h, h.shape[-1], "mid_block_2")
 
     for lev in reversed(range(nlev)):
       for j in range(self.num_res_blocks + 1):
         h = res(jnp.concatenate([h, hs.pop()], axis=-1), ch * self.ch_mult[lev], f"up_{lev}_block_{j}")
         if res_now in self.attn_resolutions:
-          h = attn_cls(dt, name=f"up_{lev}_attn_{j}")(h)
+          h = attn_cls(dt, self.attention_chunk, name=f"up_{lev}_attn_{j}")(h)
       if lev != 0:
         h = Upsample(self.resamp_with_conv, dt, name=f"up_{lev}_upsample")(h)
         res_now *= 2
@@ -191,5 +198,6 @@ def ddpm_cifar10() -> ml_collections.ConfigDict:
       out_ch=3,
       dtype="float32",
       remat="none",
+      attention_chunk=0,
     )
   )
