@@ -16,8 +16,10 @@ canonical (bitwise the same result as before) and supplies its own gradient
 
 * input gradient: the canonical convolution of the output gradient with the flipped,
   transposed kernel (stride 1), or the transpose of the patch matrix product otherwise;
-* kernel gradient: one matrix product of the im2col patches with the output gradient,
-  contracting over batch and positions.
+* kernel gradient: for stride 1, one canonical convolution of the input (channels as
+  batch) with the output gradient as its kernel (``_kernel_grad_as_conv``); otherwise one
+  matrix product of the im2col patches with the output gradient, contracting over batch
+  and positions.
 
 Where the forward convolution would not stay canonical (an input smaller than the kernel,
 as in the 2x2 and 1x1 stages of the IGEBM value net), the forward is the im2col matrix
@@ -90,6 +92,22 @@ def _patches(x, k: int, stride: int, padding: int):
   return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
 
 
+def _kernel_grad_as_conv(x, g, padding: int):
+  """The kernel gradient of a stride-1 convolution as one canonical convolution.
+
+  gk[i, j, c, o] = sum_{b,h,w} x_pad[b, h+i, w+j, c] g[b, h, w, o] is a convolution of x
+  with channels as its batch (C, H, W, B) by g as an (Ho, Wo, B, O) kernel: NHWC/HWIO
+  again, so Eigen's convolution runs it inside loops too, packing the patches itself.
+  Only the two small operands are transposed, where the im2col product materialises and
+  transposes a (k*k*C, B*Ho*Wo) patch matrix (1.1-1.8x slower on the digits shapes).
+  """
+  lhs = jnp.transpose(x, (3, 1, 2, 0))
+  rhs = jnp.transpose(g, (1, 2, 0, 3)).astype(x.dtype)
+  p = padding
+  out = jax.lax.conv_general_dilated(lhs, rhs, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jnp.transpose(out, (1, 2, 0, 3))
+
+
 def _matmul_conv(x, kernel, stride, padding):
   k, c, o = kernel.shape[0], kernel.shape[2], kernel.shape[3]
   return jnp.dot(_patches(x, k, stride, padding), kernel.reshape(k * k * c, o))
@@ -109,8 +127,11 @@ def _fwd(x, kernel, stride, padding):
 def _bwd(stride, padding, res, g):
   x, kernel = res
   k, c, o = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-  patches = _patches(x, k, stride, padding)
-  gk = jax.lax.dot_general(patches, g, (((0, 1, 2), (0, 1, 2)), ((), ())))
+  if stride == 1 and k > 1:
+    gk = _kernel_grad_as_conv(x, g, padding)
+  else:
+    patches = _patches(x, k, stride, padding)
+    gk = jax.lax.dot_general(patches, g, (((0, 1, 2), (0, 1, 2)), ((), ())))
   gk = gk.reshape(k, k, c, o).astype(kernel.dtype)
   if k == 1 and stride == 1 and padding == 0:
     gx = jnp.dot(g, kernel[0, 0].T)
