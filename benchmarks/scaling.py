@@ -52,6 +52,10 @@ CHUNK_ROWS = 4
 #: "chunked_attn": "chunked" plus attention over ATTENTION_CHUNK query rows at a time (models/attention.py)
 ATTENTION_CHUNK = 256
 OPTIONS["chunked_attn"] = dict(OPTIONS["chunked"], **{"policy.net.attention_chunk": ATTENTION_CHUNK})
+#: "chunked_attn_r1": the same with one row per policy gradient chunk and device
+OPTIONS["chunked_attn_r1"] = dict(OPTIONS["chunked_attn"])
+#: rows per chunk and device of the option sets that chunk the policy gradient
+CHUNK_ROWS_OF = {"chunked": CHUNK_ROWS, "chunked_attn": CHUNK_ROWS, "chunked_attn_r1": 1}
 #: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
 #: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -298,8 +302,8 @@ def big_memory(device_counts=(1, 8, 64), options=("off", "on", "chunked"), names
     for opt in options:
       for n in device_counts:
         job_over = dict(over, **OPTIONS[opt])
-        if opt.startswith("chunked"):
-          job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS)
+        if opt in CHUNK_ROWS_OF:
+          job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS_OF[opt])
         r = run_worker({"config": spec, "batch": batch, "overrides": job_over}, n)
         r.update(name=name, options=opt)
         print(

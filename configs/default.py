@@ -132,6 +132,7 @@ def get_config():
   c.perf.rollout_unroll = 1  # rollout lax.scan: 1 a loop, k steps per trip, 0 fully unrolled
   c.perf.td_unroll = 1  # TD lax.scan, the same (unrolled: compiles ~2x longer, no faster on CPU)
   c.perf.policy_grad_chunks = 1  # K > 1: each policy minibatch's gradient over K chunks of rows (memory)
+  c.perf.policy_grad_chunk_rows = 0  # r > 0: the same with K = batch / (devices x r): r rows per chunk and device
   c.perf.conv = "auto"  # models/conv.py: auto | xla | loop_safe (auto: loop_safe on CPU)
   c.perf.cpu_dots = "auto"  # compiler.py: auto | eigen | ynnpack (XLA:CPU's dot library; auto: eigen)
 

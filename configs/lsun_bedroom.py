@@ -10,7 +10,8 @@ log-sigmas 1e-6, all T minibatches, value clip 0.1.
         --config.data.path=/data/lsun/bedroom_256 \
         --config.init.policy_checkpoint=pretrained/lsun_bedroom256_edm/edm_bedroom256_ema.pt
 
-Variant ``:smoke``: tiny ADM UNet, synthetic 16x16 data, 2 iterations.
+Variants: ``:smoke`` (tiny ADM UNet, synthetic 16x16 data, 2 iterations), ``:lowmem`` (the
+memory options of ``imagenet64.lowmem``).
 """
 
 from configs import cifar10, default, imagenet64
@@ -34,6 +35,8 @@ def get_config(variant: str = ""):
   for v in filter(None, variant.split(",")):
     if v == "smoke":
       cifar10.smoke(c, image_size=16)
+    elif v == "lowmem":
+      imagenet64.lowmem(c)
     else:
-      raise ValueError(f"configs/lsun_bedroom.py: unknown variant {v!r}; expected smoke")
+      raise ValueError(f"configs/lsun_bedroom.py: unknown variant {v!r}; expected smoke or lowmem")
   return c

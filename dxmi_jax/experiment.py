@@ -95,6 +95,18 @@ def validate(config, mode: str = "train"):
       f"config.perf.policy_grad_chunks must be an integer >= 1 with batch_size={B} divisible by it times "
       f"the number of devices ({n_dev}), got {K!r}"
     )
+  rows = config.perf.get("policy_grad_chunk_rows", 0)
+  if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+    raise ConfigError(f"config.perf.policy_grad_chunk_rows must be an integer >= 0 (0: off), got {rows!r}")
+  if rows and K != 1:
+    raise ConfigError(
+      f"config.perf.policy_grad_chunk_rows={rows} and config.perf.policy_grad_chunks={K}: set one of them"
+    )
+  if rows and (B // n_dev) % rows:
+    raise ConfigError(
+      f"config.perf.policy_grad_chunk_rows={rows} must divide each device's share of the batch "
+      f"(batch_size={B} over {n_dev} devices: {B // n_dev} rows)"
+    )
   if not 0 <= config.dxmi.skip_sampler_tau <= T:
     raise ConfigError(f"config.dxmi.skip_sampler_tau must be in [0, T={T}], got {config.dxmi.skip_sampler_tau}")
   validate_numbers(config)
@@ -272,8 +284,18 @@ def dxmi_config(config) -> dxmi.DxMIConfig:
     avr_init=d.avr_init,
     rollout_unroll=config.perf.rollout_unroll,
     td_unroll=config.perf.td_unroll,
-    policy_grad_chunks=config.perf.policy_grad_chunks,
+    policy_grad_chunks=policy_grad_chunks(config),
   )
+
+
+def policy_grad_chunks(config, n_dev=None) -> int:
+  """K of ``dxmi._chunked_loss_and_grad``: perf.policy_grad_chunks, or from perf.policy_grad_chunk_rows
+  (rows per chunk and device: K = batch_size / (devices x rows), so one config fits any device count)."""
+  rows = config.perf.get("policy_grad_chunk_rows", 0)
+  if not rows:
+    return config.perf.policy_grad_chunks
+  n_dev = n_dev or jax.device_count()
+  return max(1, config.training.batch_size // (n_dev * rows))
 
 
 # ---------------------------------------------------------------- networks

@@ -71,6 +71,18 @@ CASES = {
     dict(perf__policy_grad_chunks=3),
     r"config\.perf\.policy_grad_chunks .* batch_size=64 divisible by it times the number of devices \(1\), got 3",
   ),
+  "grad chunk rows negative": (
+    dict(perf__policy_grad_chunk_rows=-1),
+    r"config\.perf\.policy_grad_chunk_rows must be an integer >= 0 \(0: off\), got -1",
+  ),
+  "grad chunk rows and chunks": (
+    dict(perf__policy_grad_chunk_rows=4, perf__policy_grad_chunks=2),
+    r"config\.perf\.policy_grad_chunk_rows=4 and config\.perf\.policy_grad_chunks=2: set one of them",
+  ),
+  "grad chunk rows not dividing": (
+    dict(perf__policy_grad_chunk_rows=5),
+    r"config\.perf\.policy_grad_chunk_rows=5 must divide each device's share of the batch \(batch_size=64",
+  ),
   "cpu dots unknown": (
     dict(perf__cpu_dots="mkl"),
     r"config\.perf\.cpu_dots: expected one of \('auto', 'eigen', 'ynnpack'\)",
