@@ -58,7 +58,12 @@ OPTIONS["chunked_attn_r1"] = dict(OPTIONS["chunked_attn"])
 #: loop_safe: its kernel gradient is one canonical convolution), not XLA's autodiff of it
 OPTIONS["chunked_attn_cpuconv"] = dict(OPTIONS["chunked_attn"], **{"perf.conv": "loop_safe"})
 #: rows per chunk and device of the option sets that chunk the policy gradient
-CHUNK_ROWS_OF = {"chunked": CHUNK_ROWS, "chunked_attn": CHUNK_ROWS, "chunked_attn_r1": 1, "chunked_attn_cpuconv": CHUNK_ROWS}
+CHUNK_ROWS_OF = {
+  "chunked": CHUNK_ROWS,
+  "chunked_attn": CHUNK_ROWS,
+  "chunked_attn_r1": 1,
+  "chunked_attn_cpuconv": CHUNK_ROWS,
+}
 #: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
 #: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
