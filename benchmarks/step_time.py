@@ -141,7 +141,10 @@ def _perf_variant(config, spec):
     raise app.UsageError(f"--compare: expected perf.KEY=VALUE with KEY one of {sorted(config.perf)}, got {spec!r}")
   variant = config.copy_and_resolve_references()
   old = variant.perf[key]
-  variant.perf[key] = type(old)(value) if not isinstance(old, str) else value
+  if isinstance(old, bool):
+    variant.perf[key] = value.lower() in ("1", "true", "yes")
+  else:
+    variant.perf[key] = type(old)(value) if not isinstance(old, str) else value
   experiment.validate(variant)
   return variant
 

@@ -12,10 +12,11 @@
 * ``"auto"`` (the default): ``eigen`` when the default backend is the CPU; nothing is
   set on other backends (the options are XLA:CPU's).
 
-Measured on a 2-core AVX2 machine, one process, the programs compiled both ways and
-timed alternately (``benchmarks/step_time.py --cpu_dots=...``, README "Speed"): the
-digits iteration 580 -> 377 ms, the 2D iteration 26.0 -> 19.8 ms.  The two give the
-same numbers up to float32 rounding (another summation order inside each product).
+Measured on a 2-core AVX2 machine, both compiled in one process and timed alternately
+(``benchmarks/step_time.py --compare=cpu_dots=ynnpack``, ``compared`` in
+results/step_time_*.json, README "Speed"): the digits iteration 0.625 s with YNNPACK,
+0.336 s with Eigen; the 2D iteration 24.9 -> 17.5 ms.  The two give the same numbers up
+to float32 rounding (another summation order inside each product).
 
 Options are passed per program (``jax.jit(..., compiler_options=...)``), so they reach
 exactly the train step, the pretraining step and the sampler, are part of the
