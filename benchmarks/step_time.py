@@ -18,6 +18,8 @@ What it measures:
   is counted once per trip.  ``xla_flops_compiled`` is the cost analysis of the program
   that runs, where XLA counts a while-loop body once whatever its trip count; it is
   reported for reference only.  ``achieved_gflops`` = flops_per_iter / median wall time.
+* ``peak_memory_bytes``: the device allocator's peak where the backend reports it (GPU,
+  TPU), else null.
 * ``--official=DIR`` (the official repo exported at 3f09073) runs the official harness of
   ``--official_bench`` (README there) in its own interpreter ``--official_python`` for the
   same shapes (T, B), alternating ``--rounds`` times with our timed block, and reports
@@ -252,6 +254,7 @@ def main(_):
     "xla_flops_compiled": flops_compiled,
     "xla_flops_compiled_counting": "cost analysis of the program that runs: a while-loop body counted once",
     "achieved_gflops": flops_unrolled / med / 1e9,
+    "peak_memory_bytes": parallel.peak_memory_bytes(),
     "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
     "machine": f"{cpu_model()}, {os.cpu_count()} cores",
     "loadavg_start": list(load_start),

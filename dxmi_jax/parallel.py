@@ -182,3 +182,14 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: in
 def gather_params(tree, mesh: Mesh):
   """Constrains ``tree`` to be replicated: XLA all-gathers FSDP-sharded parameters here."""
   return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)), tree)
+
+
+def peak_memory_bytes():
+  """The largest allocator peak (``peak_bytes_in_use``) over the local devices, for benchmarks;
+  None where the backend keeps no such statistics (the CPU)."""
+  peaks = []
+  for d in jax.local_devices():
+    stats = d.memory_stats() if hasattr(d, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+      peaks.append(int(stats["peak_bytes_in_use"]))
+  return max(peaks) if peaks else None
