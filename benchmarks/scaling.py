@@ -57,12 +57,15 @@ OPTIONS["chunked_attn_r1"] = dict(OPTIONS["chunked_attn"])
 #: "chunked_attn_cpuconv": chunked_attn compiled with the convolution a CPU run uses (models/conv.py
 #: loop_safe: its kernel gradient is one canonical convolution), not XLA's autodiff of it
 OPTIONS["chunked_attn_cpuconv"] = dict(OPTIONS["chunked_attn"], **{"perf.conv": "loop_safe"})
+#: "chunked_attn_nofsdp": chunked_attn with the state replicated (what FSDP costs in activations)
+OPTIONS["chunked_attn_nofsdp"] = dict(OPTIONS["chunked_attn"], **{"training.fsdp": False})
 #: rows per chunk and device of the option sets that chunk the policy gradient
 CHUNK_ROWS_OF = {
   "chunked": CHUNK_ROWS,
   "chunked_attn": CHUNK_ROWS,
   "chunked_attn_r1": 1,
   "chunked_attn_cpuconv": CHUNK_ROWS,
+  "chunked_attn_nofsdp": CHUNK_ROWS,
 }
 #: LLVM code generation at -O0: the HLO passes, SPMD partitioning and buffer assignment (what
 #: cost_analysis / memory_analysis report) are unchanged, the CPU compile is several times faster
