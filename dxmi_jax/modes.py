@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import compiler, evaluators, experiment, io, parallel, sampling, train, writers
+from dxmi_jax import evaluators, experiment, io, parallel, sampling, train, writers
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
 #: evaluation metrics of vector-data runs that can select the best checkpoint
@@ -175,16 +175,7 @@ def sample(exp, workdir):
   if not exp.is_vector:
     return _sample_images(exp, state, workdir, mesh)
   sc = exp.config.sample
-  gen = sampling.make_generator(
-    exp.policy,
-    exp.data_shape[1:],
-    sc.batch_size,
-    mesh,
-    value_apply=exp.nets.value_apply,
-    guidance_scale=sc.guidance_scale,
-    guidance_sign=sc.guidance_sign,
-    compiler_options=compiler.options(exp.config.perf),
-  )
+  gen = sampling.experiment_generator(exp, sc.batch_size, mesh)
   x = sampling.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size, value_params=state.value.params)
   path = os.path.join(workdir, "samples.npz")
   if jax.process_index() == 0:

@@ -177,6 +177,22 @@ def generation_batch(exp, num: int) -> int:
   return bs - bs % jax.device_count()
 
 
+def experiment_generator(exp, batch_size: int, mesh=None):
+  """``make_generator`` for an experiment: its policy, value guidance (config.sample) and
+  compiler options (config.perf)."""
+  sc = exp.config.sample
+  return make_generator(
+    exp.policy,
+    exp.data_shape[1:],
+    batch_size,
+    mesh,
+    value_apply=exp.nets.value_apply,
+    guidance_scale=sc.guidance_scale,
+    guidance_sign=sc.guidance_sign,
+    compiler_options=compiler.options(exp.config.perf),
+  )
+
+
 def generate_images(exp, state, num: int, seed: int, mesh=None, labels=None, batch_size=None):
   """(uint8 NHWC samples, labels or None) from the current policy.
 
@@ -186,15 +202,6 @@ def generate_images(exp, state, num: int, seed: int, mesh=None, labels=None, bat
   sc = exp.config.sample
   bs = batch_size or generation_batch(exp, num)
   labels = sample_labels(exp, num, seed) if labels is None else labels
-  gen = make_generator(
-    exp.policy,
-    exp.data_shape[1:],
-    bs,
-    mesh,
-    value_apply=exp.nets.value_apply,
-    guidance_scale=sc.guidance_scale,
-    guidance_sign=sc.guidance_sign,
-    compiler_options=compiler.options(exp.config.perf),
-  )
+  gen = experiment_generator(exp, bs, mesh)
   x = sample_many(gen, state.policy.params, seed, num, bs, labels=labels, value_params=state.value.params)
   return samples_lib.to_uint8(x, sc.rounding), labels
