@@ -33,6 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from dxmi_jax import shuffle
 from dxmi_jax.policies.base import bcast
 from dxmi_jax.state import DxMIState
 
@@ -170,11 +171,10 @@ def rollout(policy, policy_params, x0, noise, y=None, unroll=1) -> Trajectory:
   ``unroll``: lax.scan's (``DxMIConfig.unroll(cfg.rollout_unroll)``).
   """
   params = jax.lax.stop_gradient(policy_params)
-  batch = x0.shape[0]
 
   def body(x, inputs):
-    t, eps = inputs
-    out = policy.step(params, x, jnp.full((batch,), t, jnp.int32), eps, y)
+    t, eps = inputs  # one step t for the whole batch
+    out = policy.step(params, x, t, eps, y)
     return out.sample, (x, out.sample, out.mean, out.sigma, out.log_sigma)
 
   _, (states, nexts, means, sigmas, log_sigmas) = jax.lax.scan(
@@ -540,19 +540,30 @@ def module_apply(module, with_time: bool = True):
   return apply
 
 
-def draw_noise(rng, data_shape, cfg: DxMIConfig, policy) -> StepNoise:
-  """Production randomness of one iteration from one key (device-count independent)."""
+def draw_noise(rng, data_shape, cfg: DxMIConfig, policy, constrain=lambda tree, axis: tree) -> StepNoise:
+  """Production randomness of one iteration from one key (device-count independent).
+
+  Every Gaussian of the iteration comes from one draw of shape (1 + T + M [+ T], B, ...),
+  split along its first axis into x_0 (times the prior's std), the rollout, the policy
+  and the value_resample noise; the policy minibatches are the first M*B rows of one
+  permutation of the B*T buffer rows (``shuffle.permutation``).  One draw instead of
+  four: on a CPU each is a loop of many small kernels (jax's threefry).  ``constrain``
+  (as in ``dxmi_iteration``) shards the draw along its batch axis, so that each device
+  generates only its own rows.
+  """
   T, M = cfg.num_steps, cfg.policy_minibatches
   B = data_shape[0]
-  k_x0, k_roll, k_perm, k_pol, k_res, k_drop = jax.random.split(rng, 6)
-  perm = jax.random.permutation(k_perm, T * B)[: M * B].reshape(M, B).astype(jnp.int32)
+  k_gauss, k_perm, k_drop = jax.random.split(rng, 3)
+  R = T if cfg.value_resample else 0
+  z = constrain(jax.random.normal(k_gauss, (1 + T + M + R,) + tuple(data_shape), jnp.float32), 1)
+  perm = shuffle.permutation(k_perm, T * B)[: M * B].reshape(M, B)
   return StepNoise(
-    x0=policy.prior(k_x0, data_shape),
-    rollout=jax.random.normal(k_roll, (T,) + tuple(data_shape), jnp.float32),
+    x0=policy.prior_std * z[0],
+    rollout=z[1 : 1 + T],
     policy_index=perm,
-    policy_noise=jax.random.normal(k_pol, (M,) + tuple(data_shape), jnp.float32),
+    policy_noise=z[1 + T : 1 + T + M],
     td_order=None,
-    resample=(jax.random.normal(k_res, (T,) + tuple(data_shape), jnp.float32) if cfg.value_resample else None),
+    resample=z[1 + T + M :] if R else None,
     dropout=k_drop,
   )
 
@@ -560,10 +571,10 @@ def draw_noise(rng, data_shape, cfg: DxMIConfig, policy) -> StepNoise:
 def resample_next_states(policy, policy_params, traj: Trajectory, noise, y=None):
   """value_resample: x_{t+1} ~ pi(.|x_t) afresh for every stored x_t (evaluation mode)."""
   params = jax.lax.stop_gradient(policy_params)
-  T, B = traj.states.shape[:2]
+  T = traj.states.shape[0]
 
   def one(x, t, eps):
-    return policy.step(params, x, jnp.full((B,), t, jnp.int32), eps, y).sample
+    return policy.step(params, x, t, eps, y).sample
 
   return jax.lax.map(lambda a: one(*a), (traj.states, jnp.arange(T, dtype=jnp.int32), noise))
 
@@ -742,7 +753,7 @@ def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data
 
   def train_step(state: DxMIState, batch):
     key = jax.random.fold_in(state.rng, state.step)
-    noise = draw_noise(key, data_shape, cfg, nets.policy)
+    noise = draw_noise(key, data_shape, cfg, nets.policy, constrain)
     new_state, aux = dxmi_iteration(gathered(state), batch, noise, nets, cfg, constrain, guard_policy=True)
     new_state = stored_layout(new_state)  # back to the stored layout before the guard
     metrics, finite = iteration_metrics(new_state, aux)

@@ -56,7 +56,7 @@ def generate(
   def body(x, t):
     eps = shard(jax.random.normal(jax.random.fold_in(kn, t), x.shape, jnp.float32))
     tb = jnp.full((num,), t, jnp.int32)
-    out = policy.step(policy_params, x, tb, eps, y)
+    out = policy.step(policy_params, x, t, eps, y)
     x_next = out.sample
     if guidance_scale:
       grad = jax.grad(lambda z: jnp.sum(value_apply(value_params, z, tb + 1, y)))(x_next)

@@ -8,6 +8,7 @@ torch; those tests skip without it.
 
 import ast
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +20,7 @@ from dxmi_jax.models import registry
 from dxmi_jax.models.adm_unet import adm_imagenet64, adm_lsun256, adm_timestep_embedding, edm_denoise, karras_scalings
 from dxmi_jax.models.ddpm_unet import ddpm_cifar10, ddpm_timestep_embedding
 from dxmi_jax.models.igebm import igebm_nh128
+from dxmi_jax.models.mlp import TimeInputDense, TimeMLP
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 
@@ -257,3 +259,46 @@ def test_dropout_uses_the_dropout_stream():
   assert np.abs(a - c).max() > 1e-3 and np.abs(a - eval_out).max() > 1e-3
   with pytest.raises(Exception, match="dropout"):
     jax.eval_shape(lambda: model.apply({"params": params}, x, t, deterministic=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# One time for the whole batch (a rollout step): the features are computed once.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["unet_small", "adm_cond"])
+def test_unet_shared_time_equals_per_sample(name):
+  """A time input of shape (1,) (the whole batch at one time) gives the per-sample outputs (to float32
+  rounding: XLA may then run the time MLP on the one row)."""
+  arch, cfg = SMALL[name]
+  # 64 channels: with 32, GroupNorm(32) has one channel per group and removes the time embedding's shift
+  one_level = dict(cfg, ch=64, ch_mult=(1,)) if arch == "ddpm_unet" else dict(cfg, model_channels=64, channel_mult=(1,))
+  model = registry.build(arch, one_level)
+  x = jax.random.normal(jax.random.key(0), (3, 32, 32, 3))
+  y = None if arch == "ddpm_unet" else jnp.array([1, 4, 7])
+  params = jax.jit(model.init)(jax.random.key(1), x, jnp.zeros((3,)), y)["params"]
+  leaves, tree = jax.tree.flatten(params)  # perturbed: ADM's zero-initialised output layers hide the time
+  keys = jax.random.split(jax.random.key(2), len(leaves))
+  params = tree.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  apply = jax.jit(lambda t: model.apply({"params": params}, x, t, y))
+  shared, per_sample = np.asarray(apply(jnp.full((1,), 412.5))), np.asarray(apply(jnp.full((3,), 412.5)))
+  np.testing.assert_allclose(shared, per_sample, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(shared, np.asarray(apply(jnp.full((1,), 3.0))), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("embed", [0, 32])
+def test_time_mlp_shared_time(embed):
+  """TimeMLP: one time for the batch (first layer x K[:d] + f K[d:]) equals per-sample t to float rounding;
+  its first layer has nn.Dense's parameters and initial values."""
+  net = TimeMLP(out_dim=2, hidden=(16, 16), time_scale=1e-3, time_embed_dim=embed)
+  x = jax.random.normal(jax.random.key(0), (64, 2))
+  params = net.init(jax.random.key(1), x, jnp.zeros((64,)))["params"]
+  assert params["dense_0"]["kernel"].shape == (2 + (embed or 1), 16)
+  shared = net.apply({"params": params}, x, jnp.full((1,), 731.0))
+  per_sample = net.apply({"params": params}, x, jnp.full((64,), 731.0))
+  np.testing.assert_allclose(np.asarray(shared), np.asarray(per_sample), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(shared), np.asarray(net.apply({"params": params}, x, jnp.float32(0.0))))
+  h, f = jnp.ones((4, 2)), jnp.ones((4, 3))
+  ours = TimeInputDense(8).init(jax.random.key(2), h, f)["params"]
+  dense = nn.Dense(8).init(jax.random.key(2), jnp.concatenate([h, f], -1))["params"]
+  jax.tree.map(np.testing.assert_array_equal, ours, dense)

@@ -22,7 +22,16 @@ import ml_collections
 import numpy as np
 
 from dxmi_jax.models import attention
-from dxmi_jax.models.layers import Conv2d, Dense, Embed, GroupNorm, avg_pool2x2, remat_block, upsample_nearest2x
+from dxmi_jax.models.layers import (
+  Conv2d,
+  Dense,
+  Embed,
+  GroupNorm,
+  avg_pool2x2,
+  remat_block,
+  time_features,
+  upsample_nearest2x,
+)
 
 Dtype = Any
 _GN_EPS = 1e-5
@@ -218,8 +227,8 @@ class ADMUNet(nn.Module):
       )
     dt, mc = self.dtype, self.model_channels
     attn_ds = {self.image_size // int(r) for r in self.attention_resolutions}
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-    emb = Dense(4 * mc, name="time_embed_0")(adm_timestep_embedding(t, mc))
+    emb = time_features(lambda tt: adm_timestep_embedding(tt, mc), t, x.shape[0])
+    emb = Dense(4 * mc, name="time_embed_0")(emb)
     emb = Dense(4 * mc, name="time_embed_2")(nn.silu(emb))
     if self.num_classes is not None:
       emb = emb + Embed(self.num_classes, 4 * mc, name="label_emb")(y)

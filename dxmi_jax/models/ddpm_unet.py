@@ -29,7 +29,16 @@ import ml_collections
 import numpy as np
 
 from dxmi_jax.models import attention
-from dxmi_jax.models.layers import Conv2d, Dense, GroupNorm, avg_pool2x2, remat_block, swish, upsample_nearest2x
+from dxmi_jax.models.layers import (
+  Conv2d,
+  Dense,
+  GroupNorm,
+  avg_pool2x2,
+  remat_block,
+  swish,
+  time_features,
+  upsample_nearest2x,
+)
 
 Dtype = Any
 _GN_EPS = 1e-6
@@ -143,8 +152,8 @@ class DDPMUNet(nn.Module):
         f"{self.resolution}, {self.in_channels}), got {x.shape}"
       )
     ch, nlev, dt = self.ch, len(self.ch_mult), self.dtype
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
-    temb = Dense(4 * ch, name="temb_dense_0")(ddpm_timestep_embedding(t, ch))
+    temb = time_features(lambda tt: ddpm_timestep_embedding(tt, ch), t, x.shape[0])
+    temb = Dense(4 * ch, name="temb_dense_0")(temb)
     temb = Dense(4 * ch, name="temb_dense_1")(swish(temb))
 
     res_cls = remat_block(ResnetBlock, self.remat, static_argnums=(3,))

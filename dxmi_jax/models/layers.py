@@ -49,6 +49,21 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
+def time_features(embed: Callable, t, batch: int):
+  """``embed`` of the time input as (batch, dim): once when t is one value, else per sample.
+
+  A rollout step hands every sample the same t (shape (1,)): the features (sines and cosines,
+  slow on a CPU) are computed once and broadcast, the same numbers as computing them per row
+  (what XLA then does with the identical rows, e.g. run the time MLP on one of them, can change
+  the last float32 bits).
+  """
+  t = jnp.asarray(t, jnp.float32)
+  if t.size == 1:
+    feats = embed(t.reshape(1))
+    return jnp.broadcast_to(feats, (batch,) + feats.shape[1:])
+  return embed(jnp.broadcast_to(t, (batch,)))
+
+
 def canonical_dtype(dtype) -> jnp.dtype:
   """Accepts a dtype or its name ("float32", "bfloat16") as stored in configs."""
   return jnp.dtype(dtype)

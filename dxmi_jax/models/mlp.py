@@ -27,6 +27,32 @@ def sinusoidal_embedding(t, dim: int):
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
 
 
+class TimeInputDense(nn.Module):
+  """``nn.Dense`` on ``[x, time features]``, the same parameters and initialisation.
+
+  When the time features are one row shared by the batch (a rollout step), the
+  concatenation is not built: ``x K[:d] + f K[d:]``, the time part one row broadcast
+  over the batch (XLA:CPU would otherwise fuse the sines and cosines into the
+  concatenation and compute them again for every row).  Per-sample features take
+  ``nn.Dense``'s own path, ``[x, f] K``.
+  """
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, feats):
+    d = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (d + feats.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    x, feats, kernel, bias = (a.astype(self.dtype) for a in (x, feats, kernel, bias))
+    if feats.shape[0] == x.shape[0]:
+      y = jnp.dot(jnp.concatenate([x, feats], axis=-1), kernel)
+    else:
+      y = jnp.dot(x, kernel[:d]) + jnp.dot(feats, kernel[d:])
+    return y + bias[None, :]
+
+
 class TimeMLP(nn.Module):
   """``Dense -> SiLU -> ... -> Dense`` on ``[x, time feature]``; returns (B, out_dim)."""
 
@@ -40,13 +66,20 @@ class TimeMLP(nn.Module):
   def __call__(self, x, t, y=None, deterministic=True):
     del y, deterministic  # unconditional, no dropout
     b = x.shape[0]
-    t = jnp.broadcast_to(jnp.asarray(t), (b,)).astype(jnp.float32) * self.time_scale
+    t = jnp.asarray(t, jnp.float32)
+    # one time for the whole batch (a rollout step): its features are one row
+    t = t.reshape(1) if t.size == 1 else jnp.broadcast_to(t, (b,))
     if self.time_embed_dim:
-      tfeat = sinusoidal_embedding(t * 1000.0, self.time_embed_dim)
+      tfeat = sinusoidal_embedding(t * self.time_scale * 1000.0, self.time_embed_dim)
     else:
-      tfeat = t[:, None]
-    h = jnp.concatenate([x.reshape(b, -1).astype(jnp.float32), tfeat], axis=-1).astype(self.dtype)
-    for i, width in enumerate(self.hidden):
-      h = nn.silu(nn.Dense(width, dtype=self.dtype, name=f"dense_{i}")(h))
-    out = nn.Dense(self.out_dim, dtype=self.dtype, name=f"dense_{len(self.hidden)}")(h)
+      tfeat = (t * self.time_scale)[:, None]
+    h = x.reshape(b, -1).astype(jnp.float32)
+    for i, width in enumerate(tuple(self.hidden) + (self.out_dim,)):
+      if i == 0:
+        h = TimeInputDense(width, self.dtype, name="dense_0")(h, tfeat)
+      else:
+        h = nn.Dense(width, dtype=self.dtype, name=f"dense_{i}")(h)
+      if i < len(self.hidden):
+        h = nn.silu(h)
+    out = h
     return out.astype(jnp.float32).reshape((b,) + ((self.out_dim,) if self.out_dim > 1 else (1,)))

@@ -107,16 +107,26 @@ class GaussianPolicy(abc.ABC):
   def step(self, params, x, t, noise, y=None, *, train=False, rngs=None) -> StepOut:
     """x_{t+1} = mu(x_t, t) + sigma_t * noise, with the caller's noise.
 
+    ``t``: int (B,) per-sample steps, or a scalar when every sample is at the same step
+    (a rollout or sampling step).  A scalar reaches the network as a time input of shape
+    (1,), one time for the whole batch, so that it embeds it once (``apply_net``).
     ``train`` switches the network to training mode (dropout on); ``rngs`` then
     carries its rng streams, e.g. {"dropout": key}.
     """
-    t = jnp.broadcast_to(jnp.asarray(t, jnp.int32), (x.shape[0],))
+    batch = (x.shape[0],)
+    t = jnp.asarray(t, jnp.int32)
+    t = t.reshape(1) if t.ndim == 0 else jnp.broadcast_to(t, batch)
     mean, sigma, log_sigma = self.mean_and_sigma(params, x, t, y, train=train, rngs=rngs)
+    sigma, log_sigma = jnp.broadcast_to(sigma, batch), jnp.broadcast_to(log_sigma, batch)
     sample = mean + bcast(sigma, mean) * noise
     return StepOut(sample=sample, mean=mean, sigma=sigma, log_sigma=log_sigma)
 
   def apply_net(self, params, x, t_net, y=None, *, train=False, rngs=None):
-    """Calls the Flax network with the conventions all our networks share."""
+    """Calls the Flax network with the conventions all our networks share.
+
+    ``net(x, t_net, y=None, deterministic=...)`` with x (B, ...) and the time input t_net
+    of shape (B,), or (1,) when the whole batch is at one time (broadcast it against x).
+    """
     kwargs = {}
     if y is not None:
       kwargs["y"] = y
