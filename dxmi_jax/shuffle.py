@@ -10,8 +10,8 @@ random, the low ``p = ceil(log2 n)`` bits are the position, and the sorted words
 bits are the new order.  Ties of the random bits keep the current order (as the stable
 sort of ``jax.random.permutation`` does); rounds are added until ``rounds * (32 - p) >=
 3 log2 n`` bits, jax's own criterion (its ``_shuffle``), which makes a tie in every
-round of one pair improbable.  A uniform permutation either way, but a different one
-for the same key than ``jax.random.permutation``.
+round of one pair improbable.  Up to such ties, a uniform permutation, as jax's is; but a
+different one for the same key than ``jax.random.permutation``.
 """
 
 from __future__ import annotations
