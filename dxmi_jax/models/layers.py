@@ -49,6 +49,12 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
+def time_rows(t, batch: int):
+  """The time input as float32 (1,) when it is one value for the whole batch, else (batch,)."""
+  t = jnp.asarray(t, jnp.float32)
+  return t.reshape(1) if t.size == 1 else jnp.broadcast_to(t, (batch,))
+
+
 def time_features(embed: Callable, t, batch: int):
   """``embed`` of the time input as (batch, dim): once when t is one value, else per sample.
 
@@ -57,11 +63,8 @@ def time_features(embed: Callable, t, batch: int):
   (what XLA then does with the identical rows, e.g. run the time MLP on one of them, can change
   the last float32 bits).
   """
-  t = jnp.asarray(t, jnp.float32)
-  if t.size == 1:
-    feats = embed(t.reshape(1))
-    return jnp.broadcast_to(feats, (batch,) + feats.shape[1:])
-  return embed(jnp.broadcast_to(t, (batch,)))
+  feats = embed(time_rows(t, batch))
+  return jnp.broadcast_to(feats, (batch,) + feats.shape[1:])
 
 
 def canonical_dtype(dtype) -> jnp.dtype:

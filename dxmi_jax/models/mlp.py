@@ -18,6 +18,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from dxmi_jax.models.layers import time_rows
+
 
 def sinusoidal_embedding(t, dim: int):
   """[sin, cos] embedding with frequencies exp(-k ln(1e4) / (half - 1))."""
@@ -66,9 +68,7 @@ class TimeMLP(nn.Module):
   def __call__(self, x, t, y=None, deterministic=True):
     del y, deterministic  # unconditional, no dropout
     b = x.shape[0]
-    t = jnp.asarray(t, jnp.float32)
-    # one time for the whole batch (a rollout step): its features are one row
-    t = t.reshape(1) if t.size == 1 else jnp.broadcast_to(t, (b,))
+    t = time_rows(t, b)  # (1,): one time for the whole batch (a rollout step), its features one row
     if self.time_embed_dim:
       tfeat = sinusoidal_embedding(t * self.time_scale * 1000.0, self.time_embed_dim)
     else:
@@ -81,5 +81,4 @@ class TimeMLP(nn.Module):
         h = nn.Dense(width, dtype=self.dtype, name=f"dense_{i}")(h)
       if i < len(self.hidden):
         h = nn.silu(h)
-    out = h
-    return out.astype(jnp.float32).reshape((b,) + ((self.out_dim,) if self.out_dim > 1 else (1,)))
+    return h.astype(jnp.float32).reshape((b,) + ((self.out_dim,) if self.out_dim > 1 else (1,)))
