@@ -1,27 +1,41 @@
-"""Anomaly-detection table: DxMI-trained EBMs vs an MCMC-trained EBM, tau = 0 and sklearn baselines.
+"""Anomaly-detection table: DxMI against the autoencoder alone, the Langevin EBM, tau = 0 and kNN.
 
-    python benchmarks/table_anomaly.py [--data_dir=../shared/data/adbench] [--seeds=5]
-        [--iters=500] [--out=results/table_anomaly] [--workdir=/tmp/table_anomaly]
+    python benchmarks/table_anomaly.py [--data_dir=benchmarks/data/adbench] [--features_dir=DIR]
+        [--seeds=5] [--groups=classical,mvtec_resnet18,mvtec_unified,fmnist] [--methods=...]
+        [--out=results/table_anomaly] [--workdir=/tmp/table_anomaly]
 
-Every ``*.npz`` (``X``, ``y``; y = 1 anomaly) under ``--data_dir`` (recursively; the ADBench copy
-has ``classical/`` and ``mvtec_resnet18/``).  Protocol, per dataset and seed 0..seeds-1:
-a seeded 70% of the normals train (``np.random.default_rng(seed).permutation`` of the indices
-where y == 0, the first int(0.7 n)); the remaining normals and every anomaly are the test set;
-features standardised with the training split's mean and std (+1e-8).  Scores: higher = more
-anomalous (energies for the EBMs).  AUROC and AUPRC (average precision, anomaly = positive) per
-dataset as mean ± std over seeds, and the mean over datasets (per group and overall).
+Every method with a network is a variant of ``configs/anomaly.py`` trained by the in-process
+detector (``dxmi_jax/proj/anomaly/fit.py``: the train command's step, stages and data stream,
+seeds vmapped):
 
-Methods:
-* ``dxmi``:      configs/anomaly.py (the EV trainer), ``--iters`` iterations at batch 128;
-* ``dxmi_tau0``: the same with tau1 = tau2 = 0;
-* ``mcmc``:      the same energy network, optimiser and energy loss, negatives from persistent
-                 Langevin chains (dxmi_jax/anomaly/mcmc.py), ``--iters`` iterations;
-* ``iforest``, ``lof``, ``knn``, ``ocsvm``: dxmi_jax/anomaly/classical.py.
-No hyper-parameter was tuned on any of these datasets (see configs/anomaly.py).
+* ``dxmi``:      the default (tables) or ``:sphere`` (embeddings, feature maps): the pretrained
+                 autoencoder energy, trained as an EBM by DxMI's EV trainer;
+* ``dxmi_tau0``: the same with tau1 = tau2 = 0 (``:tau0``);
+* ``mcmc``:      the same pretrained energy trained with short-run Langevin negatives from the
+                 same chain starts (``:mcmc``);
+* ``ae_only``:   the pretrained autoencoder alone, no EBM training (``:ae_only``);
+* ``iforest``, ``lof``, ``knn``, ``ocsvm``: scikit-learn (dxmi_jax/proj/anomaly/classical.py)
+  on the same vectors the networks see.
+No setting was chosen on any test split (configs/anomaly.py says how each was set).
 
-The seeds of one (dataset, method) train together as one vmapped program (one compile per
-feature dimension and method); each (dataset, method) row is cached in ``--workdir`` as it
-finishes, so a stopped run resumes where it stopped.
+Groups, with the protocol of each (per seed 0..seeds-1):
+* ``classical``: the 10 ADBench tables under ``--data_dir/classical``: a seeded 70% of the
+  normals train (``metrics.novelty_split``), the other normals and every anomaly test; z-scored
+  with the training statistics.
+* ``mvtec_resnet18``: the 10 MVTec-AD categories as ImageNet ResNet-18 embeddings, the same
+  split, each vector on the unit sphere (variant ``sphere``); one model per category.
+* ``mvtec_unified``: the same splits, one model trained on the training normals of all 10
+  categories pooled (the authors' unified setting), AUROC per category, then their mean.
+* ``fmnist``: Fashion-MNIST one-class on per-location backbone features (``--features_dir``:
+  ``fashion_mnist_{train,test}.npz`` in the UniAD layout, written by
+  ``python -m dxmi_jax.proj.anomaly.extract``; variant ``features``): per class, train on every
+  location of that class's training maps, test on all test maps (that class normal, the others
+  anomalous); the image score is the maximum over a map's locations, for every method.  OCSVM
+  is left out there (an RBF SVM on tens of thousands of locations).
+AUROC and AUPRC (anomaly = positive) as mean ± std over seeds; the claims compare per-dataset
+means: DxMI above the autoencoder alone, above the Langevin EBM, tau > 0 above tau = 0, and
+DxMI against kNN.  Each (dataset, method) row is cached in ``--workdir`` as it finishes, so a
+stopped run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -45,262 +59,234 @@ jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 from configs import anomaly as anomaly_config  # noqa: E402
-from dxmi_jax.anomaly import classical, fit, metrics  # noqa: E402
-from dxmi_jax.anomaly import data as anomaly_data  # noqa: E402
+from dxmi_jax.proj.anomaly import classical, fit, metrics  # noqa: E402
+from dxmi_jax.proj.anomaly import data as anomaly_data  # noqa: E402
 
-EBM_METHODS = ("dxmi", "dxmi_tau0", "mcmc")
+EBM_METHODS = ("dxmi", "dxmi_tau0", "mcmc", "ae_only")
 METHODS = EBM_METHODS + classical.METHODS
+VARIANTS = {"dxmi": "", "dxmi_tau0": "tau0", "mcmc": "mcmc", "ae_only": "ae_only"}
 LABELS = {
-  "dxmi": "DxMI (EV trainer)",
-  "dxmi_tau0": "DxMI, tau=0",
-  "mcmc": "EBM, Langevin MCMC",
+  "dxmi": "DxMI",
+  "dxmi_tau0": "DxMI, τ=0",
+  "mcmc": "EBM, Langevin",
+  "ae_only": "autoencoder alone",
   "iforest": "IsolationForest",
-  "lof": "LOF (novelty)",
-  "knn": "kNN (k=5, mean)",
+  "lof": "LOF",
+  "knn": "kNN (k=5)",
   "ocsvm": "OCSVM",
 }
+GROUPS = ("classical", "mvtec_resnet18", "mvtec_unified", "fmnist")
+BASE_VARIANT = {"classical": "", "mvtec_resnet18": "sphere", "mvtec_unified": "sphere", "fmnist": "features"}
+FMNIST_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument(
-    "--data_dir",
-    default=os.path.join(REPO, "..", "shared", "data", "adbench"),
-    help="folder of ADBench-format .npz files (searched recursively)",
-  )
+  p.add_argument("--data_dir", default=os.path.join(REPO, "benchmarks", "data", "adbench"))
+  p.add_argument("--features_dir", default="", help="Fashion-MNIST feature files (group fmnist)")
   p.add_argument("--seeds", type=int, default=5)
-  p.add_argument("--iters", type=int, default=500, help="training iterations of the EBMs")
-  p.add_argument("--group_iters", default="", help="per-group iterations overriding --iters, e.g. mvtec_resnet18=200")
+  p.add_argument("--fmnist_seeds", type=int, default=3)
+  p.add_argument("--groups", default=",".join(GROUPS))
   p.add_argument("--methods", default=",".join(METHODS))
   p.add_argument("--datasets", default="", help="comma-separated dataset names (default: all)")
-  p.add_argument(
-    "--reverse",
-    action="store_true",
-    help="work through the datasets in reverse order (a second process sharing --workdir)",
-  )
-  p.add_argument(
-    "--cached_ebm_only",
-    action="store_true",
-    help="train no EBM: tabulate the cached EBM rows (the sklearn rows are still computed)",
-  )
+  p.add_argument("--iters", type=int, default=-1, help="EBM iterations (-1: the config's)")
   p.add_argument("--out", default=os.path.join(REPO, "results", "table_anomaly"))
   p.add_argument("--workdir", default="/tmp/table_anomaly", help="per-row cache")
   return p.parse_args(argv)
 
 
-def datasets(data_dir):
-  files = sorted(glob.glob(os.path.join(data_dir, "**", "*.npz"), recursive=True))
-  if not files:
-    raise SystemExit(
-      f"error: --data_dir: no .npz files under {os.path.abspath(data_dir)} (the ADBench "
-      f"copy lives in ../shared/data/adbench relative to the repository)"
-    )
-  out = []
-  for f in files:
-    group = os.path.basename(os.path.dirname(f))
-    out.append((f"{group}/{os.path.splitext(os.path.basename(f))[0]}", group, f))
-  return out
+# ----------------------------------------------------------------------------- data
+class Task:
+  """One row of the table: per seed, transformed train rows, test rows and labels.
 
-
-def splits(path, seeds):
-  """Per seed: (train, test, test labels, train float64, test float64), standardised by the train split.
-
-  The EBMs get float32; the sklearn baselines get the float64 arrays, exactly as
-  ``../shared/tools/ad_baselines.py`` computes them (IsolationForest's random split points
-  depend on the last bits, so this is what reproduces its seed-0 numbers).
+  ``groups_of`` (optional): per seed, the test rows' group (a category or image index) over
+  which the score is reduced (max, per image) or split (per category AUROC).
   """
-  z = np.load(path)
-  x, y = z["X"].astype(np.float64), z["y"].astype(np.int64)
+
+  def __init__(self, name, group, runs, reduce=None, categories=None):
+    self.name, self.group, self.runs = name, group, runs
+    self.reduce, self.categories = reduce, categories
+
+
+def _split(x, y, seed, sphere):
+  tr, te = metrics.novelty_split(y, seed)
+  x = np.asarray(x, np.float64)
+  if sphere:
+    t = anomaly_data.SphereProjection(x.shape[1])
+    return t(x[tr]), t(x[te]), y[te]
+  mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8  # float64: IsolationForest's split points depend on the last bits
+  return (x[tr] - mu) / sd, (x[te] - mu) / sd, y[te]
+
+
+def adbench_tasks(data_dir, group, seeds):
+  sub = {"classical": "classical", "mvtec_resnet18": "mvtec_resnet18", "mvtec_unified": "mvtec_resnet18"}[group]
+  files = sorted(glob.glob(os.path.join(data_dir, sub, "*.npz")))
+  if not files:
+    raise SystemExit(f"error: --data_dir: no .npz files under {os.path.join(os.path.abspath(data_dir), sub)}")
+  sphere = group != "classical"
+  loaded = []
+  for f in files:
+    z = np.load(f)
+    loaded.append((os.path.splitext(os.path.basename(f))[0], z["X"], z["y"].astype(np.int64)))
+  if group != "mvtec_unified":
+    return [Task(f"{group}/{n}", group, [_split(x, y, s, sphere) for s in range(seeds)]) for n, x, y in loaded]
   runs = []
-  for seed in range(seeds):
-    tr, te = metrics.novelty_split(y, seed)
-    st = anomaly_data.Standardizer.fit(x[tr])
-    mu, sd = x[tr].mean(0), x[tr].std(0) + 1e-8
-    runs.append((st(x[tr]), st(x[te]), y[te], (x[tr] - mu) / sd, (x[te] - mu) / sd))
-  return runs
+  for s in range(seeds):
+    parts = [(n,) + _split(x, y, s, True) for n, x, y in loaded]
+    runs.append(
+      (
+        np.concatenate([p[1] for p in parts]),
+        np.concatenate([p[2] for p in parts]),
+        np.concatenate([p[3] for p in parts]),
+        np.concatenate([[p[0]] * len(p[3]) for p in parts]),
+      )
+    )
+  return [Task("mvtec_unified/all", group, runs, categories=[n for n, _, _ in loaded])]
 
 
+def fmnist_tasks(features_dir, seeds):
+  paths = [os.path.join(features_dir, f"fashion_mnist_{s}.npz") for s in ("train", "test")]
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise SystemExit(
+      f"error: --features_dir: {missing} not found (write them with python -m dxmi_jax.proj.anomaly.extract)"
+    )
+  train, test = (anomaly_data.load_feature_maps(p) for p in paths)
+  tz, sz = (np.load(p, allow_pickle=True)["class_id"] for p in paths)
+  sphere = anomaly_data.SphereProjection(train.features.shape[-1])
+  n_test, h, w, c = test.features.shape
+  test_rows = sphere(test.features.reshape(-1, c))
+  image_of = np.repeat(np.arange(n_test), h * w)
+  tasks = []
+  for k in range(10):
+    rows = sphere(train.features[tz == k].reshape(-1, c))
+    label = (sz != k).astype(np.int64)
+    # the seeds differ in training (initialisation, batches, noise); the data are the same
+    tasks.append(Task(f"fmnist/{FMNIST_CLASSES[k]}", "fmnist", [(rows, test_rows, label, image_of)] * seeds))
+    tasks[-1].reduce = "max"
+  return tasks
+
+
+# -------------------------------------------------------------------------- methods
 _DETECTORS = {}
 
 
-def detector(method, dim, iters):
-  key = (method, dim, iters)
+def detector(group, method, dim, iters):
+  key = (group, method, dim, iters)
   if key not in _DETECTORS:
-    c = anomaly_config.get_config("tau0" if method == "dxmi_tau0" else "")
-    c.training.num_iters = iters
-    _DETECTORS[key] = fit.MCMCDetector(c, dim) if method == "mcmc" else fit.DxMIDetector(c, dim)
+    variant = ",".join(v for v in (BASE_VARIANT[group], VARIANTS[method]) if v)
+    c = anomaly_config.get_config(variant)
+    if iters >= 0 and method != "ae_only":
+      c.training.num_iters = iters
+    _DETECTORS[key] = fit.Detector(c, dim)
   return _DETECTORS[key]
 
 
-def run_row(method, runs, iters):
+def _reduce(scores, groups):
+  """The max of the scores of each group (the image score of per-location scores)."""
+  out = np.full(groups.max() + 1, -np.inf)
+  np.maximum.at(out, groups, scores)
+  return out
+
+
+def run_row(task, method, iters):
   t0 = time.time()
+  extra = {}
   if method in EBM_METHODS:
-    det = detector(method, runs[0][0].shape[1], iters)
-    t1 = time.time()
-    states = det.fit([r[0] for r in runs], list(range(len(runs))))
-    scores = [det.score(states, i, r[1]) for i, r in enumerate(runs)]
-    extra = {"compile_and_build_s": t1 - t0, "fit_s": det.last_fit_seconds}
+    det = detector(task.group, method, task.runs[0][0].shape[1], iters)
+    states = det.fit([r[0] for r in task.runs], list(range(len(task.runs))))
+    scores = [det.score(states, i, r[1]) for i, r in enumerate(task.runs)]
+    extra = {"pretrain_s": det.pretrain_seconds, "fit_s": det.last_fit_seconds}
   else:
-    scores = [classical.scores(method, r[3], r[4], seed=i) for i, r in enumerate(runs)]
-    extra = {}
-  return {
-    "auroc": [metrics.auroc(r[2], s) for r, s in zip(runs, scores)],
-    "auprc": [metrics.auprc(r[2], s) for r, s in zip(runs, scores)],
-    "seconds": time.time() - t0,
-    **extra,
-  }
-
-
-def union_seconds(walls):
-  """Wall time covered by the invocations that computed rows (parallel ones counted once)."""
-  spans = sorted((w["start"], w["end"]) for w in walls)
-  total, cur = 0.0, None
-  for a, b in spans:
-    if cur is None or a > cur[1]:
-      total += 0.0 if cur is None else cur[1] - cur[0]
-      cur = [a, b]
-    else:
-      cur[1] = max(cur[1], b)
-  return total + (0.0 if cur is None else cur[1] - cur[0])
-
-
-def readme_seed0(data_dir):
-  """The seed-0 sklearn AUROCs of the data folder's README table ({(set, method): value}), if any."""
-  path = os.path.join(data_dir, "README.md")
-  out = {}
-  if not os.path.exists(path):
-    return out
-  for line in open(path):
-    cells = [c.strip() for c in line.strip().strip("|").split("|")]
-    if len(cells) == 5 and cells[0] not in ("set", "") and not cells[1].startswith("-"):
-      try:
-        vals = [float(v) for v in cells[1:]]
-      except ValueError:
-        continue
-      for m, v in zip(classical.METHODS, vals):
-        out[(cells[0].replace("mvtec ", ""), m)] = v
-  return out
-
-
-def seed0_check(rows, data_dir):
-  """Our seed-0 AUROC of each sklearn baseline next to the README's (3 decimals)."""
-  ref = readme_seed0(data_dir)
-  out = []
-  for (name, m), r in sorted(rows.items()):
-    key = (name.split("/")[-1], m)
-    if key in ref:
-      out.append(
-        {
-          "dataset": name,
-          "method": m,
-          "ours": round(r["auroc"][0], 4),
-          "readme": ref[key],
-          "match": bool(abs(r["auroc"][0] - ref[key]) <= 5e-4 + 1e-9),
-        }
-      )
-  return out
-
-
-def summarise(rows, names, methods):
-  """{dataset: {method: {auroc_mean, ...}}} and, per group and overall, the means of the per-dataset
-  means over the datasets on which every method finished (``n`` of ``of``: a stopped run's
-  table still compares the methods on the same datasets)."""
-  table = {}
-  for name, _ in names:
-    table[name] = {}
-    for m in methods:
-      r = rows.get((name, m))
-      if r is not None:
-        table[name][m] = {f"{k}_{f}": float(getattr(np, f)(r[k])) for k in ("auroc", "auprc") for f in ("mean", "std")}
-  means = {}
-  groups = sorted({g for _, g in names})
-  for g in groups + ["all"]:
-    members = [n for n, gg in names if g in ("all", gg)]
-    done = [n for n in members if all(m in table[n] for m in methods)]
-    if not done:
-      continue
-    means[g] = {
-      m: {k: float(np.mean([table[n][m][f"{k}_mean"] for n in done])) for k in ("auroc", "auprc")} for m in methods
+    scores = [classical.scores(method, r[0], r[1], seed=i) for i, r in enumerate(task.runs)]
+  labels = [r[2] for r in task.runs]
+  if task.reduce == "max":
+    scores = [_reduce(s, r[3]) for s, r in zip(scores, task.runs)]
+  out = {"seconds": time.time() - t0, **extra}
+  if task.categories:  # per category, then the mean over categories
+    per = {
+      c: [metrics.auroc(l[r[3] == c], s[r[3] == c]) for s, l, r in zip(scores, labels, task.runs)]
+      for c in task.categories
     }
-    means[g]["n"], means[g]["of"] = len(done), len(members)
+    out["per_category_auroc"] = per
+    out["auroc"] = [float(np.mean([per[c][i] for c in task.categories])) for i in range(len(task.runs))]
+    out["auprc"] = [
+      float(np.mean([metrics.auprc(l[r[3] == c], s[r[3] == c]) for c in task.categories]))
+      for s, l, r in zip(scores, labels, task.runs)
+    ]
+  else:
+    out["auroc"] = [metrics.auroc(l, s) for l, s in zip(labels, scores)]
+    out["auprc"] = [metrics.auprc(l, s) for l, s in zip(labels, scores)]
+  return out
+
+
+# --------------------------------------------------------------------------- report
+def summarise(rows, tasks, methods):
+  table, means = {}, {}
+  for t in tasks:
+    table[t.name] = {
+      m: {f"{k}_{f}": float(getattr(np, f)(rows[(t.name, m)][k])) for k in ("auroc", "auprc") for f in ("mean", "std")}
+      for m in methods
+      if (t.name, m) in rows
+    }
+  for g in sorted({t.group for t in tasks}):
+    done = [t.name for t in tasks if t.group == g and all(m in table[t.name] for m in methods)]
+    if done:
+      means[g] = {
+        m: {k: float(np.mean([table[n][m][f"{k}_mean"] for n in done])) for k in ("auroc", "auprc")} for m in methods
+      }
+      means[g]["n"], means[g]["of"] = len(done), sum(t.group == g for t in tasks)
   return table, means
 
 
-def claims(table, names):
-  """The three comparisons the issue asks about, per group and overall: mean AUROC of each side and
-  on how many datasets the first is above the second (per-dataset means over seeds)."""
+CLAIMS = (
+  ("DxMI above the autoencoder alone", "dxmi", "ae_only"),
+  ("DxMI above the Langevin EBM", "dxmi", "mcmc"),
+  ("τ > 0 above τ = 0", "dxmi", "dxmi_tau0"),
+  ("DxMI against kNN", "dxmi", "knn"),
+)
+
+
+def claims(table, tasks):
   out = {}
-  groups = sorted({g for _, g in names}) + ["all"]
-  best = lambda row: max((row[m]["auroc_mean"], m) for m in classical.METHODS if m in row)
-  for g in groups:
-    members = [n for n, gg in names if g in ("all", gg)]
-    rows = [table[n] for n in members if all(m in table.get(n, {}) for m in METHODS)]
-    if not rows:
-      continue
-    pair = lambda a, b: {
-      "first": float(np.mean([r[a]["auroc_mean"] for r in rows])),
-      "second": float(np.mean([r[b]["auroc_mean"] for r in rows])),
-      "wins": int(sum(r[a]["auroc_mean"] > r[b]["auroc_mean"] for r in rows)),
-      "of": len(rows),
-    }
-    out[g] = {
-      "dxmi_vs_mcmc": pair("dxmi", "mcmc"),
-      "tau_vs_tau0": pair("dxmi", "dxmi_tau0"),
-      "dxmi_vs_knn": pair("dxmi", "knn"),
-      "dxmi_vs_best_classical_per_dataset": {
-        "first": float(np.mean([r["dxmi"]["auroc_mean"] for r in rows])),
-        "second": float(np.mean([best(r)[0] for r in rows])),
-        "wins": int(sum(r["dxmi"]["auroc_mean"] > best(r)[0] for r in rows)),
-        "of": len(rows),
-      },
-    }
+  for g in sorted({t.group for t in tasks}):
+    rows = [table[t.name] for t in tasks if t.group == g]
+    out[g] = {}
+    for label, a, b in CLAIMS:
+      both = [r for r in rows if a in r and b in r]
+      if both:
+        out[g][label] = {
+          "first": float(np.mean([r[a]["auroc_mean"] for r in both])),
+          "second": float(np.mean([r[b]["auroc_mean"] for r in both])),
+          "wins": int(sum(r[a]["auroc_mean"] > r[b]["auroc_mean"] for r in both)),
+          "of": len(both),
+        }
   return out
 
 
-def markdown(table, means, methods, meta):
-  def cell(v, k):
-    return f"{v[k + '_mean']:.3f} ± {v[k + '_std']:.3f}"
-
+def markdown(table, means, found, methods, meta):
+  cell = lambda v: f"{v['auroc_mean']:.3f} ± {v['auroc_std']:.3f}"
   lines = [
-    f"Anomaly detection, {meta['seeds']} seeds, AUROC (AUPRC below); ADBench splits as in "
-    f"`benchmarks/table_anomaly.py`.",
+    f"Anomaly detection, AUROC (mean ± std over seeds: {meta['seeds']}, Fashion-MNIST {meta['fmnist_seeds']}); "
+    f"protocol in `benchmarks/table_anomaly.py`.",
     "",
     "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
     "|---|" + "---|" * len(methods),
   ]
   for name, row in table.items():
-    lines.append(f"| {name} | " + " | ".join(cell(row[m], "auroc") if m in row else "—" for m in methods) + " |")
-
-  def label(g, row, k):
-    return f"**mean {k}, {g}**" + ("" if row["n"] == row["of"] else f" ({row['n']} of {row['of']} finished)")
-
+    lines.append(f"| {name} | " + " | ".join(cell(row[m]) if m in row else "—" for m in methods) + " |")
   for g, row in means.items():
-    lines.append(f"| {label(g, row, 'AUROC')} | " + " | ".join(f"**{row[m]['auroc']:.3f}**" for m in methods) + " |")
+    tag = "" if row["n"] == row["of"] else f" ({row['n']} of {row['of']} finished)"
+    lines.append(f"| **mean, {g}**{tag} | " + " | ".join(f"**{row[m]['auroc']:.3f}**" for m in methods) + " |")
+  lines += ["", "Claims (mean AUROC of each side over a group's datasets; datasets where the first is higher):", ""]
+  lines += ["| group | claim | first | second | wins |", "|---|---|---|---|---|"]
+  for g, cl in found.items():
+    for label, v in cl.items():
+      lines.append(f"| {g} | {label} | {v['first']:.3f} | {v['second']:.3f} | {v['wins']} of {v['of']} |")
   lines += [
     "",
-    "AUPRC:",
-    "",
-    "| dataset | " + " | ".join(LABELS[m] for m in methods) + " |",
-    "|---|" + "---|" * len(methods),
-  ]
-  for name, row in table.items():
-    lines.append(f"| {name} | " + " | ".join(cell(row[m], "auprc") if m in row else "—" for m in methods) + " |")
-  for g, row in means.items():
-    lines.append(f"| {label(g, row, 'AUPRC')} | " + " | ".join(f"**{row[m]['auprc']:.3f}**" for m in methods) + " |")
-  over = ", ".join(f"{k}: {v}" for k, v in meta.get("group_iters", {}).items())
-  lines += ["", f"EBM training: {meta['iters']} iterations at batch 128" + (f" ({over})" if over else "") + "."]
-  chk = meta.get("seed0_check", [])
-  if chk:
-    lines += [
-      "",
-      f"Seed-0 sklearn AUROCs equal to the data README's table (to its 3 decimals): "
-      f"{sum(c['match'] for c in chk)} of {len(chk)}.",
-    ]
-  lines += [
-    "",
-    f"Machine: {meta['machine']}; wall time {meta['wall_minutes']:.1f} min (first row to last, "
-    f"over {meta['invocations']} invocation(s) that computed rows, parallel ones counted once); "
-    f"`{meta['command']}`.",
+    f"Machine: {meta['machine']}; wall time {meta['wall_minutes']:.1f} min for the rows computed by "
+    f"`{meta['command']}` (cached rows not counted).",
   ]
   return "\n".join(lines) + "\n"
 
@@ -311,84 +297,68 @@ def main(argv=None):
   bad = [m for m in methods if m not in METHODS]
   if bad:
     raise SystemExit(f"error: --methods: unknown {bad}; expected a subset of {METHODS}")
-  names = datasets(args.data_dir)
+  groups = [g for g in args.groups.split(",") if g]
+  bad = [g for g in groups if g not in GROUPS]
+  if bad:
+    raise SystemExit(f"error: --groups: unknown {bad}; expected a subset of {GROUPS}")
+  tasks = []
+  for g in groups:
+    if g == "fmnist":
+      if args.features_dir:
+        tasks += fmnist_tasks(args.features_dir, args.fmnist_seeds)
+      else:
+        print("skipping group fmnist: no --features_dir", flush=True)
+    else:
+      tasks += adbench_tasks(args.data_dir, g, args.seeds)
   if args.datasets:
     keep = set(args.datasets.split(","))
-    names = [n for n in names if n[0] in keep or n[0].split("/")[-1] in keep]
+    tasks = [t for t in tasks if t.name in keep or t.name.split("/")[-1] in keep]
   os.makedirs(args.workdir, exist_ok=True)
-  t_start = time.time()
-  load0 = os.getloadavg()
-  rows, computed = {}, 0
-  # by feature dimension, so one compiled step per (method, D) serves consecutive datasets
-  order = sorted(names, key=lambda n: np.load(n[2])["X"].shape[1])
-  if args.reverse:
-    order = order[::-1]
-  group_iters = {k: int(v) for k, v in (kv.split("=") for kv in args.group_iters.split(",") if kv)}
-  for name, group, path in order:
-    runs = None
-    iters = group_iters.get(group, args.iters)
-    for m in methods:
-      tag = f"i{iters}" if m in EBM_METHODS else "f64"  # the sklearn rows do not depend on iterations
-      cache = os.path.join(args.workdir, f"{name.replace('/', '__')}__{m}__s{args.seeds}_{tag}.json")
-      if os.path.exists(cache):
-        rows[(name, m)] = json.load(open(cache))
-        continue
-      if args.cached_ebm_only and m in EBM_METHODS:
-        continue
-      runs = runs or splits(path, args.seeds)
-      r = run_row(m, runs, iters)
-      rows[(name, m)] = r
-      computed += 1
-      with open(cache + ".tmp", "w") as f:
-        json.dump(r, f)
-      os.replace(cache + ".tmp", cache)
-      print(
-        f"{name:28s} {m:10s} AUROC {np.mean(r['auroc']):.3f} ± {np.std(r['auroc']):.3f}  "
-        f"AUPRC {np.mean(r['auprc']):.3f}  ({r['seconds']:.0f} s)",
-        flush=True,
-      )
-  wall = time.time() - t_start
-  log_path = os.path.join(args.workdir, f"wall_s{args.seeds}.jsonl")
-  if computed:
-    with open(log_path, "a") as f:
-      f.write(
-        json.dumps(
-          {
-            "start": t_start,
-            "end": time.time(),
-            "wall_s": wall,
-            "rows": computed,
-            "load_start": load0[0],
-            "load_end": os.getloadavg()[0],
-          }
-        )
-        + "\n"
-      )
-  walls = [json.loads(l) for l in open(log_path)] if os.path.exists(log_path) else []
-  table, means = summarise(rows, [(n, g) for n, g, _ in names], methods)
+  t_start, load0 = time.time(), os.getloadavg()
+  rows = {}
+  try:
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  except ImportError:  # progress bars are optional
+    tqdm = None
+  todo = [(t, m) for t in tasks for m in methods if not (t.group == "fmnist" and m == "ocsvm")]
+  bar = tqdm(todo, desc="rows", unit="row") if tqdm else todo
+  for t, m in bar:
+    seeds = len(t.runs)
+    cache = os.path.join(args.workdir, f"{t.name.replace('/', '__')}__{m}__s{seeds}_i{args.iters}.json")
+    if os.path.exists(cache):
+      rows[(t.name, m)] = json.load(open(cache))
+      continue
+    if tqdm:
+      bar.set_postfix_str(f"{t.name} {m} (compiling on first use)" if m in EBM_METHODS else f"{t.name} {m}")
+    r = run_row(t, m, args.iters)
+    rows[(t.name, m)] = r
+    with open(cache + ".tmp", "w") as f:
+      json.dump(r, f)
+    os.replace(cache + ".tmp", cache)
+    print(
+      f"{t.name:28s} {m:10s} AUROC {np.mean(r['auroc']):.3f} ± {np.std(r['auroc']):.3f} ({r['seconds']:.0f} s)",
+      flush=True,
+    )
+  table, means = summarise(rows, tasks, methods)
+  found = claims(table, tasks)
   meta = {
     "seeds": args.seeds,
+    "fmnist_seeds": args.fmnist_seeds,
     "iters": args.iters,
-    "group_iters": group_iters,
     "methods": methods,
     "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
-    f"({jax.default_backend()}), load average at start {load0[0]:.1f}, at end "
-    f"{os.getloadavg()[0]:.1f}",
+    f"({jax.default_backend()}), load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
     "command": "python benchmarks/table_anomaly.py " + " ".join(sys.argv[1:] if argv is None else argv),
-    "wall_minutes": union_seconds(walls) / 60.0,
-    "invocations": len(walls),
+    "wall_minutes": (time.time() - t_start) / 60.0,
     "row_seconds": {f"{n}|{m}": r["seconds"] for (n, m), r in rows.items()},
-    "data_dir": os.path.abspath(args.data_dir),
-    "seed0_check": seed0_check(rows, args.data_dir),
   }
-  per_seed = {f"{n}|{m}": r for (n, m), r in rows.items()}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  found = claims(table, [(n, g) for n, g, _ in names])
+  per_seed = {f"{n}|{m}": r for (n, m), r in rows.items()}
   with open(args.out + ".json", "w") as f:
     json.dump({"meta": meta, "table": table, "means": means, "claims": found, "per_seed": per_seed}, f, indent=1)
   with open(args.out + ".md", "w") as f:
-    f.write(markdown(table, means, methods, meta))
-  print(markdown(table, means, methods, meta))
+    f.write(markdown(table, means, found, methods, meta))
+  print(markdown(table, means, found, methods, meta))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def network(arch: str, base=None, **overrides) -> ml_collections.ConfigDict:
 def get_config():
   c = ml_collections.ConfigDict()
   c.experiment = "base"
+  c.project = ""  # a project under dxmi_jax/proj/ that the experiment needs (e.g. "anomaly"), or ""
+  c.trainer = "dxmi"  # the train step: dxmi, or one a project registers (e.g. the anomaly project's mcmc)
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -39,11 +41,11 @@ def get_config():
   c.data.num_classes = 0
   c.data.preprocessing = "adm_center_crop"
   c.data.num_workers = 8
-  c.data.standardize = True  # npz: per-feature (x - mean) / std of the training file, kept in checkpoints
 
   # -------------------------------------------------------------- policy
   c.policy = ml_collections.ConfigDict()
-  c.policy.kind = "var"  # var | edm | residual
+  c.policy.kind = "var"  # var | ddim | ddpm | edm | residual | ddgan (dxmi_jax/policies)
+  c.policy.manifold = "euclidean"  # euclidean | sphere (every state projected onto the unit sphere)
   c.policy.num_steps = 5  # T
   c.policy.trainable_sigma = "fix_last"
   c.policy.sigma_min = 0.002  # edm

@@ -590,7 +590,8 @@ def dxmi_iteration(
 ):
   """One full DxMI iteration.  Returns (new state, aux of every stage).
 
-  ``batch``: {"x": (B, ...) data, optionally "y": (B,) labels}.
+  ``batch``: {"x": (B, ...) data, optionally "y": (B,) labels and "x0": (B, ...) chain starts
+  that replace the prior draw noise.x0}.
   ``constrain(tree, batch_axis)``: sharding constraint hook (identity on one device).
   ``guard_policy``: apply the policy steps only while the energy step, the TD steps and
   the policy minibatches so far are finite (``policy_update``'s ``guard``).
@@ -602,11 +603,13 @@ def dxmi_iteration(
     raise ValueError("cfg.separate_energy must be True exactly when an energy network is given")
   T = cfg.num_steps
   energy_of_value = lambda p, x, yy: nets.value_apply(p, x, jnp.full((x.shape[0],), T, jnp.int32), yy)
-  # 1. rollout
+  # 1. rollout, from the prior draw or, when the data provides it, from batch["x0"]
+  # (e.g. diffused training samples: the anomaly project's chains start near the data)
+  x0 = policy.project(noise.x0) if "x0" not in batch else batch["x0"]
   traj = rollout(
     policy,
     state.policy.params,
-    constrain(noise.x0, 0),
+    constrain(x0, 0),
     constrain(noise.rollout, 1),
     y,
     unroll=cfg.unroll(cfg.rollout_unroll),

@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 from dxmi_jax import data as data_lib
-from dxmi_jax import compiler, dxmi, evaluators, sampling
+from dxmi_jax import compiler, dxmi, evaluators, projects, sampling
 from dxmi_jax.data import toy2d
 from dxmi_jax.models import attention, conv, registry
 from dxmi_jax.models.layers import REMAT_POLICIES
@@ -36,12 +36,12 @@ def _mlp_default_config():
   c.hidden = (128, 128, 128)
   c.time_scale = 1.0
   c.time_embed_dim = 0
+  c.zero_out = False
   c.dtype = "float32"
   return c
 
 
 registry.register("mlp", TimeMLP, _mlp_default_config)
-from dxmi_jax.anomaly import networks as _anomaly_networks  # noqa: E402,F401  registers energy_mlp, conv_map
 
 
 def is_vector_data(config) -> bool:
@@ -51,11 +51,13 @@ def is_vector_data(config) -> bool:
 # ------------------------------------------------------------------ validation
 def validate(config, mode: str = "train"):
   """Checks user input before compilation; raises ConfigError (one line each)."""
+  projects.load(config)  # its networks, data sets and evaluators register themselves
+  projects.validate_trainer(config)
   T = config.policy.num_steps
   if not isinstance(T, int) or T < 1:
     raise ConfigError(f"config.policy.num_steps (T) must be an integer >= 1, got {T!r}")
   name = config.data.name
-  known = toy2d.NAMES + data_lib.ANOMALY_FILES + data_lib.IMAGE_DATASETS
+  known = toy2d.NAMES + data_lib.registered() + data_lib.IMAGE_DATASETS
   if name not in known:
     raise ConfigError(f"config.data.name: unknown dataset {name!r}; expected one of {known}")
   B = config.training.batch_size
@@ -119,13 +121,7 @@ def validate(config, mode: str = "train"):
       toy2d.load_npy(config.data.path)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  if name == "npz" and mode != "score":  # score reads D and the transform from the checkpoint
-    from dxmi_jax.anomaly import data as anomaly_data  # pylint: disable=import-outside-toplevel
-
-    try:
-      anomaly_data.vector_data(config)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
+  data_lib.validate_registered(config, mode)
   for key in ("policy_checkpoint", "value_checkpoint"):
     path = config.init[key]
     if path and not os.path.exists(path):

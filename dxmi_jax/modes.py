@@ -7,7 +7,8 @@
   sample    restore the latest checkpoint and write <workdir>/samples.npz
   eval      restore the latest checkpoint and write an evaluation record
   score     energies of config.score.input's rows under the latest checkpoint, into
-            config.score.output (vector data; dxmi_jax/anomaly/score.py)
+            config.score.output: a mode that a project provides (``register``; the anomaly
+            project's is dxmi_jax/proj/anomaly/score.py)
 
 Every check on user input (config, pretrained weights, a resumed checkpoint's
 architecture) runs before the workdir is touched: bad input raises ConfigError and
@@ -24,9 +25,20 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import evaluators, experiment, io, parallel, sampling, train, writers
+from dxmi_jax import evaluators, experiment, io, parallel, projects, sampling, train, writers
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
+#: modes that projects implement: name -> {project: fn(config, workdir)}
+_PROJECT_MODES: dict = {}
+
+
+def register(mode: str, project: str, fn) -> None:
+  """``fn(config, workdir)`` runs ``--mode=<mode>`` for configs of ``project``."""
+  if mode not in MODES:
+    raise ValueError(f"{mode!r} is not a mode main.py accepts ({MODES})")
+  _PROJECT_MODES.setdefault(mode, {})[project] = fn
+
+
 #: evaluation metrics of vector-data runs that can select the best checkpoint
 VECTOR_EVAL_METRICS = ("sw", "auc")
 
@@ -42,10 +54,16 @@ def run(config, workdir: str, mode: str = "train"):
     raise experiment.ConfigError(str(e)) from None
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log: process 0's
-  if mode == "score":  # energies of new samples under a trained workdir (anomaly detection)
-    from dxmi_jax.anomaly import score  # pylint: disable=import-outside-toplevel
-
-    return score.run(config, workdir)
+  projects.load(config)
+  if mode in _PROJECT_MODES or mode == "score":
+    provided = _PROJECT_MODES.get(mode, {})
+    fn = provided.get(config.get("project", ""))
+    if fn is None:
+      raise experiment.ConfigError(
+        f"--mode={mode}: provided by the projects {sorted(provided)} (config.project), "
+        f"not by config.project={config.get('project', '')!r}"
+      )
+    return fn(config, workdir)
   exp = experiment.build(config, mode)  # validates before anything is written
   validate_run(config, exp)
   workdir = os.path.abspath(workdir)
@@ -73,6 +91,7 @@ def run(config, workdir: str, mode: str = "train"):
     else:
       policy_path = _pretrain_if_missing(exp, workdir) if config.init.pretrain_first else None
       pretrained = train.load_pretrained(exp, policy_path)  # checks that the weights fit the architecture
+      pretrained = projects.run_stages(exp, workdir, pretrained)
   os.makedirs(workdir, exist_ok=True)
   if mode == "train":
     return train.train_and_evaluate(exp, workdir, pretrained)

@@ -38,7 +38,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import compiler, dxmi, evaluators, io, parallel, writers
+from dxmi_jax import compiler, dxmi, evaluators, io, parallel, projects, writers
 from dxmi_jax.data.loader import prefetch_to_device
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
@@ -115,7 +115,7 @@ def state_shardings(exp, mesh, abstract=None):
 def compile_train_step(exp, mesh):
   """The jitted train step.  The state keeps the shardings it comes with (``state_shardings``,
   as placed by ``initial_state`` / restored); the step returns it in the same layout."""
-  step = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh, param_shardings=state_shardings(exp, mesh))
+  step = projects.make_train_step(exp, mesh, state_shardings(exp, mesh))  # config.trainer (default dxmi)
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   return jax.jit(
     step,

@@ -12,13 +12,14 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from configs import anomaly as anomaly_config
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, modes
-from dxmi_jax.anomaly import metrics, synthetic
+from dxmi_jax.proj.anomaly import metrics, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 8
@@ -41,7 +42,7 @@ def _config(**score):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("anomaly")
-  x, y = synthetic.vectors(600, 100, D, seed=0)
+  x, y = synthetic.vectors(600, 100, D, seed=0, shift=1.0)  # a shift an untrained energy half misses
   # raw (unstandardised) scale and offset, so the stored transform matters
   x = x * np.linspace(0.5, 20.0, D, dtype=np.float32) + 100.0
   np.savez(root / "train.npz", X=x[:500])  # normals only
@@ -58,7 +59,14 @@ def test_train_then_score_detects_planted_anomalies(trained):
   modes.run(_config(input=str(root / "test.npz"), output=str(out)), str(root / "w"), "score")
   s = np.load(out)
   assert s.dtype == np.float32 and s.shape == (200,)
-  assert metrics.auroc(y[500:], s) > 0.9
+  trained_auroc = metrics.auroc(y[500:], s)
+  # the same network with its initial (random) weights, on the same standardised rows
+  c = _config()
+  c.data.path = str(root / "train.npz")
+  exp = experiment.build(c)
+  untrained = np.asarray(exp.energy_fn(exp.init_state(jax.random.PRNGKey(0)))(exp.data.transform(x[500:])))
+  untrained_auroc = metrics.auroc(y[500:], untrained)
+  assert trained_auroc > 0.9 and trained_auroc > untrained_auroc + 0.1, (trained_auroc, untrained_auroc)
   # the standardisation fitted on the training file travels with the checkpoint
   meta = ckpt_lib.read_meta(str(root / "w"))
   np.testing.assert_allclose(meta["data_transform"]["mean"], x[:500].mean(0), rtol=1e-5)

@@ -4,7 +4,8 @@ The anomaly-detection trainer: a separate energy f (no gamma, gradient clipped a
 targets with the full +tau2 c_t - tau1 log sigma_t recursion on *resampled* next states (f of the
 resampled x_T at t = T-1), no time cost, no value clip, no non-terminal mask, and AVR scales
 initialised from exp(log_sigma) in the EV trainer's index order.  The DxMIConfig is the one
-``configs/anomaly.py`` produces (at the recorded T), so the production config is what is pinned.
+``configs/anomaly.py:mlp`` (the EV trainer as released) produces at the recorded T, so that
+config is what is pinned.
 The official run's parameters, noise and orderings go through the same functions production
 runs, and every recorded quantity is compared at rtol 1e-5 / atol 1e-6.
 """
@@ -20,7 +21,7 @@ import pytest
 from configs import anomaly as anomaly_config
 from conftest import golden_mlp_params, torch_mlp_names
 from dxmi_jax import dxmi, experiment
-from dxmi_jax.anomaly.networks import EnergyMLP
+from dxmi_jax.proj.anomaly.networks import EnergyMLP
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.policies.residual import ResidualPolicy
 from dxmi_jax.state import TrainState, create_state
@@ -35,8 +36,8 @@ def _close(actual, expected, what):
 
 
 def production_cfg(T, tau1, tau2, adavelreg):
-  """configs/anomaly.py's DxMIConfig at the recorded T, tau and AVR factor."""
-  c = anomaly_config.get_config()
+  """configs/anomaly.py:mlp's DxMIConfig at the recorded T, tau and AVR factor."""
+  c = anomaly_config.get_config("mlp")
   c.policy.num_steps = T
   c.dxmi.tau1, c.dxmi.tau2, c.dxmi.adavelreg = tau1, tau2, adavelreg
   return experiment.dxmi_config(c)

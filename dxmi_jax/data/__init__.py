@@ -5,13 +5,16 @@ Every provider has ``shape`` (the global batch shape), ``class_cond`` / ``num_cl
 ``iterate(start, num)`` and ``checkpoint_meta()`` (what a checkpoint must carry about the
 data, e.g. a fitted standardisation).  Batches are a pure function of (seed, step).
 
-  vector   toy densities and (N, D) files (``toy2d``; ``npz`` of the anomaly pipeline)
+  vector   toy densities and (N, D) files (``toy2d``)
   images   tfds, image folders, scikit-learn digits, synthetic (``images``, ``loader``, ``digits``)
+
+Projects add data sets by name with ``register(name, factory, validate)`` (e.g. the anomaly
+project's ``npz`` vector files): ``factory(config)`` returns a provider.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -22,16 +25,42 @@ from dxmi_jax.data.digits import digits_source
 from dxmi_jax.data.loader import ImageLoader
 from dxmi_jax.errors import ConfigError
 
-#: vector files of the anomaly-detection pipeline (X (N, D) in an .npz; dxmi_jax/anomaly/data.py)
-ANOMALY_FILES = ("npz",)
 SPLIT_DATASETS = ("cifar10", "imagenet64", "digits")  # the data sets with splits other than "train"
 IMAGE_DATASETS = ("cifar10", "imagenet64", "imagenet64_folder", "lsun", "digits", "folder", "synthetic")
 _SIZES = {"cifar10": 32, "imagenet64": 64, "imagenet64_folder": 64, "lsun": 256}
 
 
+class Registered(NamedTuple):
+  kind: str  # "vector" or "images"
+  factory: Callable  # config -> provider
+  validate: Optional[Callable]  # (config, mode) -> None, raising ConfigError
+
+
+_REGISTRY: Dict[str, Registered] = {}
+
+
+def register(name: str, factory: Callable, validate: Optional[Callable] = None, kind: str = "vector") -> None:
+  """A data set of a project: ``factory(config)`` -> provider; ``validate(config, mode)`` checks
+  its options and files before anything is compiled or written."""
+  _REGISTRY[name] = Registered(kind, factory, validate)
+
+
+def registered() -> tuple:
+  return tuple(_REGISTRY)
+
+
+def validate_registered(config, mode: str) -> None:
+  entry = _REGISTRY.get(config.data.name)
+  if entry is not None and entry.validate is not None:
+    entry.validate(config, mode)
+
+
 def kind(config) -> str:
   """ "vector" for (N, D) data, "images" for image datasets."""
-  return "vector" if config.data.name in toy2d.NAMES + ANOMALY_FILES else "images"
+  entry = _REGISTRY.get(config.data.name)
+  if entry is not None:
+    return entry.kind
+  return "vector" if config.data.name in toy2d.NAMES else "images"
 
 
 def image_size(config) -> int:
@@ -45,6 +74,8 @@ def build(config):
     raise ConfigError(
       f"config.data.split={d.split!r}: only {SPLIT_DATASETS} have other splits; {d.name!r} trains on 'train'"
     )
+  if d.name in _REGISTRY:
+    return _REGISTRY[d.name].factory(config)
   if kind(config) == "vector":
     return VectorDataProvider(config)
   validate_images(config)
@@ -64,13 +95,9 @@ class VectorDataProvider:
   """Per-process slices of deterministic global batches of vector data; ``shape`` (B, D)."""
 
   def __init__(self, config, data=None, transform=None):
-    """``data``: a ready toy2d.VectorData (default: from the config).  For ``npz`` files it is
-    the standardised training array and ``transform`` its fitted ``anomaly.data.Standardizer``,
-    which ``checkpoint_meta`` hands to every checkpoint (``--mode=score`` reads it back)."""
-    if data is None and config.data.name == "npz":
-      from dxmi_jax.anomaly import data as anomaly_data  # pylint: disable=import-outside-toplevel
-
-      data, transform = anomaly_data.vector_data(config)
+    """``data``: a ready toy2d.VectorData (default: from the config), e.g. a transformed
+    training array; ``transform``: the input transform fitted on it (an object with
+    ``to_json()``), which ``checkpoint_meta`` hands to every checkpoint."""
     self.data = data if data is not None else toy2d.VectorData(config.data.name, config.training.seed, config.data.path)
     self.transform = transform
     self.global_batch = config.training.batch_size

@@ -29,9 +29,12 @@ def _defaults():
   # imported here: each evaluator module pulls in its own metrics
   from dxmi_jax.evaluators import digits, images, vector  # pylint: disable=import-outside-toplevel
 
-  register("vector", vector.VectorEvaluator)
-  register("images", images.ImageEvaluator)
-  register("digits", digits.DigitsEvaluator)
+  for name, cls in (
+    ("vector", vector.VectorEvaluator),
+    ("images", images.ImageEvaluator),
+    ("digits", digits.DigitsEvaluator),
+  ):
+    _REGISTRY.setdefault(name, cls)
 
 
 def names(config) -> List[str]:

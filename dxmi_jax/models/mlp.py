@@ -56,13 +56,17 @@ class TimeInputDense(nn.Module):
 
 
 class TimeMLP(nn.Module):
-  """``Dense -> SiLU -> ... -> Dense`` on ``[x, time feature]``; returns (B, out_dim)."""
+  """``Dense -> SiLU -> ... -> Dense`` on ``[x, time feature]``; returns (B, out_dim).
+
+  ``zero_out``: the last layer starts at zero (a residual policy's drift then starts at 0).
+  """
 
   out_dim: int
   hidden: Sequence[int] = (128, 128, 128)
   time_scale: float = 1.0
   time_embed_dim: int = 0
   dtype: jnp.dtype = jnp.float32
+  zero_out: bool = False
 
   @nn.compact
   def __call__(self, x, t, y=None, deterministic=True):
@@ -78,7 +82,9 @@ class TimeMLP(nn.Module):
       if i == 0:
         h = TimeInputDense(width, self.dtype, name="dense_0")(h, tfeat)
       else:
-        h = nn.Dense(width, dtype=self.dtype, name=f"dense_{i}")(h)
+        last = self.zero_out and i == len(self.hidden)
+        init = nn.initializers.zeros_init() if last else nn.linear.default_kernel_init
+        h = nn.Dense(width, dtype=self.dtype, kernel_init=init, name=f"dense_{i}")(h)
       if i < len(self.hidden):
         h = nn.silu(h)
     return h.astype(jnp.float32).reshape((b,) + ((self.out_dim,) if self.out_dim > 1 else (1,)))

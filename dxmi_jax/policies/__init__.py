@@ -67,7 +67,23 @@ def _is_trainable(v):
   return v == "fix_last" or isinstance(v, bool)
 
 
+MANIFOLDS = ("euclidean", "sphere")
+
+
 def build_policy(config, net) -> GaussianPolicy:
+  """The policy of ``config.policy`` around ``net``, on the manifold ``config.policy.manifold``
+  ("euclidean", the default, or "sphere": every state projected onto the unit sphere)."""
+  sec = _section(config)
+  manifold = _require(sec, "manifold", lambda v: v in MANIFOLDS, f"one of {MANIFOLDS}", default="euclidean")
+  policy = _build_kind(sec, net)
+  if manifold != "euclidean":
+    if isinstance(policy, DDGANPolicy):
+      raise ValueError("config.policy.manifold: the ddgan policy supports only 'euclidean'")
+    policy.manifold = manifold
+  return policy
+
+
+def _build_kind(sec, net) -> GaussianPolicy:
   """Builds the policy that ``config.policy`` describes around the Flax module ``net``.
 
   Fields of ``config.policy``:
@@ -78,10 +94,12 @@ def build_policy(config, net) -> GaussianPolicy:
     sigma_min, sigma_max, rho, stochastic_last, sigma_data: edm
                       (defaults 0.002, 80, 7, False, 0.5).
     beta_min, beta_max: ddgan's VP schedule (defaults 0.1, 20).
+    init_sigma:       residual: the initial sigma of every step (<= 0, the default: the
+                      quadratic VAR schedule of the official 2D test).
+    drift_units:      residual: "absolute" (default) or "sigma" (the drift in units of sigma_t).
 
   Raises ValueError naming the offending ``config.policy.<key>``.
   """
-  sec = _section(config)
   kind = _require(sec, "kind", lambda v: v in POLICY_KINDS, f"one of {POLICY_KINDS}")
   if kind == "ddpm":
     num_steps = _require(
@@ -138,7 +156,14 @@ def build_policy(config, net) -> GaussianPolicy:
   # residual: the 2D toy policy with the quadratic VAR eta (official 2D trainer test)
   from dxmi_jax.policies.residual import ResidualPolicy  # pylint: disable=g-import-not-at-top
 
-  return ResidualPolicy(net, num_steps, schedules.var_user_defined_eta(num_steps))
+  init_sigma = _require(
+    sec, "init_sigma", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number", default=-1.0
+  )
+  eta = schedules.var_user_defined_eta(num_steps) if init_sigma <= 0 else [float(init_sigma) ** 2] * num_steps
+  units = _require(
+    sec, "drift_units", lambda v: v in ("absolute", "sigma"), "'absolute' or 'sigma'", default="absolute"
+  )
+  return ResidualPolicy(net, num_steps, eta, drift_units=units)
 
 
 __all__ = [

@@ -34,7 +34,8 @@ Params = Any
 class StepOut:
   """One transition x_t -> x_{t+1} of the policy.
 
-  sample:     x_{t+1} = mean + sigma * noise, shape of x.
+  sample:     x_{t+1} = mean + sigma * noise, shape of x (on the sphere manifold: projected
+              onto the unit sphere, a reparameterised step all the same).
   mean:       mu_theta(x_t, t), shape of x.
   sigma:      (B,) std of the noise actually injected.
   log_sigma:  (B,) log of the sigma used for the entropy term (EDM clamps it
@@ -66,6 +67,9 @@ class GaussianPolicy(abc.ABC):
   net: Any
   #: std of the prior x_0 ~ N(0, prior_std^2 I)
   prior_std: float = 1.0
+  #: where the chain lives: "euclidean", or "sphere" (every state projected onto the unit
+  #: sphere: x / |x| over the non-batch axes; ``config.policy.manifold``)
+  manifold: str = "euclidean"
 
   # ------------------------------------------------------------------ init
   @abc.abstractmethod
@@ -94,7 +98,14 @@ class GaussianPolicy(abc.ABC):
 
   # ----------------------------------------------------------------- chain
   def prior(self, rng, shape) -> Array:
-    return self.prior_std * jax.random.normal(rng, shape, jnp.float32)
+    return self.project(self.prior_std * jax.random.normal(rng, shape, jnp.float32))
+
+  def project(self, x) -> Array:
+    """A state onto the policy's manifold (identity in Euclidean space)."""
+    if self.manifold != "sphere":
+      return x
+    norm = jnp.sqrt(jnp.sum(jnp.square(x.reshape(x.shape[0], -1)), axis=-1))
+    return x / bcast(jnp.maximum(norm, 1e-12), x)
 
   def net_time(self, t) -> Array:
     """What the network receives as its time input for integer step t."""
@@ -118,7 +129,7 @@ class GaussianPolicy(abc.ABC):
     t = t.reshape(1) if t.ndim == 0 else jnp.broadcast_to(t, batch)
     mean, sigma, log_sigma = self.mean_and_sigma(params, x, t, y, train=train, rngs=rngs)
     sigma, log_sigma = jnp.broadcast_to(sigma, batch), jnp.broadcast_to(log_sigma, batch)
-    sample = mean + bcast(sigma, mean) * noise
+    sample = self.project(mean + bcast(sigma, mean) * noise)
     return StepOut(sample=sample, mean=mean, sigma=sigma, log_sigma=log_sigma)
 
   def apply_net(self, params, x, t_net, y=None, *, train=False, rngs=None):
