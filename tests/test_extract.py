@@ -106,6 +106,8 @@ def test_source_auto_detection(tmp_path, monkeypatch):
   monkeypatch.setattr(extract, "DEBIAN_FASHION_MNIST", str(tmp_path / "absent"))
   assert extract.resolve_source("auto", None) == ("tfds", None)
   assert extract.resolve_source("tfds", "dir") == ("tfds", "dir")
+  with pytest.raises(ConfigError, match="--data_dir=.*absent: not a directory"):
+    extract.resolve_source("auto", str(tmp_path / "absent"))
   with pytest.raises(ConfigError, match="--source=idx: no --data_dir"):
     extract.resolve_source("idx", None)
 
@@ -316,4 +318,6 @@ def test_bad_options_are_one_error_line(tmp_path, capsys):
   assert "error: --stages=2,x: expected positive integer strides" in capsys.readouterr().err
   assert extract.main([f"--out={tmp_path}", "--backbone=resnet", f"--data_dir={tmp_path}"]) == 2
   assert "error: --backbone=resnet: expected efficientnet_lite0 or timm:<model name>" in capsys.readouterr().err
+  assert extract.main([f"--out={tmp_path / 'new'}", f"--data_dir={tmp_path / 'absent'}"]) == 2
+  assert "error: --data_dir=" in capsys.readouterr().err
   assert os.listdir(tmp_path) == []

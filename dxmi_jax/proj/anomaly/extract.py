@@ -159,7 +159,7 @@ def resolve_source(source: str, data_dir: Optional[str]) -> Tuple[str, Optional[
   """auto: ``--data_dir`` (IDX files) if given, else Debian's IDX folder if present, else tfds."""
   if source == "auto":
     if data_dir:
-      return "idx", data_dir
+      return resolve_source("idx", data_dir)
     if os.path.isdir(DEBIAN_FASHION_MNIST):
       return "idx", DEBIAN_FASHION_MNIST
     return "tfds", None
@@ -169,13 +169,13 @@ def resolve_source(source: str, data_dir: Optional[str]) -> Tuple[str, Optional[
         f"--source=idx: no --data_dir and no {DEBIAN_FASHION_MNIST} (apt-get install dataset-fashion-mnist)"
       )
     return "idx", DEBIAN_FASHION_MNIST
+  if source == "idx" and not os.path.isdir(data_dir):
+    raise ConfigError(f"--data_dir={data_dir}: not a directory")
   return source, data_dir
 
 
 def load_split(source: str, data_dir: Optional[str], split: str) -> Tuple[np.ndarray, np.ndarray]:
   if source == "idx":
-    if not os.path.isdir(data_dir):
-      raise ConfigError(f"--data_dir={data_dir}: not a directory")
     return load_fashion_mnist_idx(data_dir, split)
   return load_fashion_mnist_tfds(split, data_dir)
 
@@ -507,7 +507,6 @@ def _run(args) -> int:
     resize="bilinear, half-pixel centres (images); bilinear, corners aligned (stage maps, as UniAD's MFCN)",
     dtype="float16",
   )
-  os.makedirs(args.out, exist_ok=True)
   print(
     f"{backbone.name}: stages at strides {list(backbone.strides)} with {list(backbone.channels)} channels "
     f"-> {sum(backbone.channels)} x {grid} x {grid}; data: {source} {data_dir or ''}",
@@ -544,6 +543,7 @@ def _run(args) -> int:
       threads=threads,
     )
     class_id = labels[rows].astype(np.int64)
+    os.makedirs(args.out, exist_ok=True)
     write_npz(
       path,
       dict(
