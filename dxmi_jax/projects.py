@@ -22,9 +22,8 @@ _STAGES: Dict[str, List[Callable]] = {}
 
 
 def available() -> list:
-  from dxmi_jax import proj  # pylint: disable=import-outside-toplevel
-
-  return sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(proj.__file__)]) if m.ispkg)
+  """The project packages under dxmi_jax/proj/ (found on disk: nothing is imported)."""
+  return sorted(m.name for m in pkgutil.iter_modules([os.path.join(os.path.dirname(__file__), "proj")]) if m.ispkg)
 
 
 def load(config):
