@@ -1,7 +1,7 @@
 """Classical novelty detectors (scikit-learn) on standardised features: higher = more anomalous.
 
-The four baselines of ``../shared/tools/ad_baselines.py``, with the same settings:
-IsolationForest (defaults, random_state=seed), LOF (novelty=True, defaults: 20 neighbours),
+The four baselines that come with the benchmark's ADBench data (benchmarks/data/adbench/README.md),
+with the same settings: IsolationForest (defaults, random_state=seed), LOF (novelty=True, defaults: 20 neighbours),
 kNN (mean Euclidean distance to the 5 nearest training points) and OCSVM (rbf, gamma="scale").
 """
 
