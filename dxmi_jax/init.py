@@ -73,9 +73,7 @@ def adopt_policy_architecture(config) -> bool:
     raise ConfigError(f"{what}: {e}") from None
   old = config.policy.net
   if old.get("arch") == diffusers_io.ARCH:
-    for k in diffusers_io.RUNTIME_FIELDS:
-      if k in old and not (k == "dropout" and old[k] is None):
-        fields[k] = old[k]
+    fields.update({k: old[k] for k in diffusers_io.RUNTIME_FIELDS if k in old})
   from dxmi_jax.models import registry  # pylint: disable=import-outside-toplevel
 
   new = ml_collections.ConfigDict(dict(arch=diffusers_io.ARCH, **registry.resolve_config(diffusers_io.ARCH, fields)))

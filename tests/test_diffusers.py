@@ -242,6 +242,23 @@ def test_bad_scheduler_in_folder_is_an_error(tmp_path):
     convert.from_diffusers(d)
 
 
+def test_pipeline_folder_layout(tmp_path):
+  """A pipeline folder (model_index.json, unet/, scheduler/) is read through its unet/ and scheduler/."""
+  model = registry.build("ddpm_unet", OURS)
+  params = _random_params(OURS)
+  pipe = tmp_path / "pipe"
+  convert.to_diffusers(model, params, pipe / "unet")
+  (pipe / "scheduler").mkdir()
+  os.replace(pipe / "unet" / "scheduler_config.json", pipe / "scheduler" / "scheduler_config.json")
+  (pipe / "model_index.json").write_text('{"_class_name": "DDPMPipeline"}')
+  assert diffusers_io.is_diffusers_folder(str(pipe)) and not diffusers_io.is_diffusers_folder(str(tmp_path))
+  _tree_equal(convert.from_diffusers(pipe)[1], params)
+  sched = json.loads((pipe / "scheduler" / "scheduler_config.json").read_text())
+  (pipe / "scheduler" / "scheduler_config.json").write_text(json.dumps(dict(sched, beta_schedule="scaled_linear")))
+  with pytest.raises(CheckpointError, match="scheduler_config.json: beta_schedule='scaled_linear'"):
+    convert.from_diffusers(pipe)
+
+
 def test_unrepresentable_export_is_an_error(tmp_path):
   model = registry.build("ddpm_unet", dict(ch=16, ch_mult=(2, 2), resolution=8, attn_resolutions=()))
   with pytest.raises(CheckpointError, match="ch=16 differs from the first level's width 32"):

@@ -119,12 +119,17 @@ class AttnBlock(nn.Module):
       raise ValueError(f"DDPMUNet: attn_head_channels={d} does not divide the {c} channels of an attention layer")
     nh = c // d
     h = GroupNorm(self.norm_groups, self.norm_eps, name="norm")(x)
-    q, k, v = (Conv2d(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, nh, d) for n in "qkv")
+    q, k, v = (Conv2d(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c) for n in "qkv")
 
-    def attend(q):  # (B, s, heads, d) queries -> (B, s, heads, d)
-      w = jnp.einsum("binc,bjnc->bnij", q, k) * (int(d) ** -0.5)
+    def attend(q):  # (B, s, C) queries -> (B, s, C)
+      if nh == 1:  # the official single head, as it always was computed
+        w = jnp.einsum("bic,bjc->bij", q, k) * (int(c) ** -0.5)
+        w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
+        return jnp.einsum("bij,bjc->bic", w, v)
+      qh, kh, vh = (a.reshape(a.shape[:2] + (nh, d)) for a in (q, k, v))
+      w = jnp.einsum("binc,bjnc->bnij", qh, kh) * (int(d) ** -0.5)
       w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(self.dtype)
-      return jnp.einsum("bnij,bjnc->binc", w, v)
+      return jnp.einsum("bnij,bjnc->binc", w, vh).reshape(q.shape)
 
     a = attention.over_query_chunks(attend, q, self.query_chunk).reshape(b, hh, ww, c)
     return x + Conv2d(c, 1, dtype=self.dtype, name="proj_out")(a)
