@@ -399,6 +399,34 @@ def _rename_old_attention(sd: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return out
 
 
+def _load_bfloat16_safetensors(path: str) -> Dict[str, np.ndarray]:
+  """A .safetensors file with bfloat16 tensors (which numpy cannot name) -> float32 arrays.
+
+  The format: an 8-byte little-endian header size, a JSON header {name: {dtype, shape,
+  data_offsets}} and the raw little-endian tensor bytes; bfloat16 comes from ml_dtypes (jax's).
+  """
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+
+  dtypes = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64, "I64": np.int64}
+  try:
+    with open(path, "rb") as f:
+      n = int.from_bytes(f.read(8), "little")
+      header = json.loads(f.read(n))
+      data = f.read()
+    out = {}
+    for name, info in header.items():
+      if name == "__metadata__":
+        continue
+      if info["dtype"] not in dtypes:
+        raise ValueError(f"tensor {name} has dtype {info['dtype']}; expected one of {sorted(dtypes)}")
+      a, b = info["data_offsets"]
+      v = np.frombuffer(data[a:b], dtype=np.dtype(dtypes[info["dtype"]]).newbyteorder("<")).reshape(info["shape"])
+      out[name] = v.astype(np.float32) if info["dtype"] != "I64" else v
+  except (OSError, ValueError, KeyError) as e:
+    raise CheckpointError(f"{path} is not a readable safetensors file: {type(e).__name__}: {e}") from e
+  return out
+
+
 def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], str]:
   """(diffusers state_dict as float32 numpy, the file read) of a folder."""
   folder = _require_folder(path)
@@ -412,8 +440,10 @@ def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], str]:
       ) from e
     try:
       sd = load_file(st)
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types (truncated file, bfloat16, ...)
-      raise CheckpointError(f"{st} is not a readable float32/float16 safetensors file: {type(e).__name__}: {e}") from e
+    except TypeError:  # numpy has no bfloat16: read the file's tensors ourselves
+      sd = _load_bfloat16_safetensors(st)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types (truncated file, bad header, ...)
+      raise CheckpointError(f"{st} is not a readable safetensors file: {type(e).__name__}: {e}") from e
     src = st
   elif os.path.isfile(bin_):
     from dxmi_jax.torch_files import load_torch_state_dict  # pylint: disable=import-outside-toplevel

@@ -230,6 +230,29 @@ def test_export_import_round_trip_without_torch(tmp_path, monkeypatch):
     convert.to_diffusers(model, params, d)
 
 
+def test_bfloat16_safetensors_are_read_without_torch(tmp_path, monkeypatch):
+  """numpy has no bfloat16: such files are read by our own reader, upcast exactly."""
+  import ml_dtypes  # pylint: disable=import-outside-toplevel
+
+  model = registry.build("ddpm_unet", OURS)
+  params = jax.tree.map(lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float32), _random_params(OURS))
+  d = convert.to_diffusers(model, params, tmp_path / "unet")
+  sd = diffusers_io.read_weights(d)[0]
+  st = os.path.join(d, "diffusion_pytorch_model.safetensors")
+  # rewrite the file in bfloat16 by hand (the safetensors layout: header size, JSON header, bytes)
+  header, chunks, offset = {}, [], 0
+  for k, v in sd.items():
+    raw = np.asarray(v, ml_dtypes.bfloat16).tobytes()
+    header[k] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [offset, offset + len(raw)]}
+    chunks.append(raw)
+    offset += len(raw)
+  head = json.dumps(header).encode()
+  with open(st, "wb") as f:
+    f.write(len(head).to_bytes(8, "little") + head + b"".join(chunks))
+  monkeypatch.setitem(sys.modules, "torch", None)
+  _tree_equal(convert.from_diffusers(d)[1], params)
+
+
 def test_bad_scheduler_in_folder_is_an_error(tmp_path):
   model = registry.build("ddpm_unet", OURS)
   d = convert.to_diffusers(model, _random_params(OURS), tmp_path / "unet")
