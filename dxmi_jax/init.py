@@ -81,10 +81,10 @@ def adopt_policy_architecture(config) -> bool:
     config.policy.net = new
   changed = sorted(k for k in set(old.keys()) | set(new.keys()) if old.get(k) != new.get(k))
   logging.warning(
-    "%s is a diffusers UNet2DModel folder: its architecture replaced config.policy.net (%s)%s",
+    "%s=%s is a diffusers UNet2DModel folder: its architecture replaced config.policy.net%s",
     what,
     path,
-    f"; changed fields: {changed}" if changed else "",
+    f" (changed fields: {', '.join(changed)})" if changed else "",
   )
   return True
 

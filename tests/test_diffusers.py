@@ -491,7 +491,7 @@ def test_exported_sampler_json_and_example_reproduce_our_chain(diffusers, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.torch
-def test_policy_checkpoint_folder_trains_and_exports(diffusers, tmp_path, capsys):
+def test_policy_checkpoint_folder_trains_and_exports(diffusers, tmp_path, caplog):
   """The smoke CIFAR-10 run starts from a diffusers folder (whose architecture replaces
   config.policy.net); its trained policy exports back to a folder that diffusers samples from."""
   from configs import cifar10  # pylint: disable=import-outside-toplevel
@@ -516,6 +516,8 @@ def test_policy_checkpoint_folder_trains_and_exports(diffusers, tmp_path, capsys
   net = c.policy.net
   assert (net.arch, net.level_channels, net.attn_head_channels, net.downsample_padding) == ("ddpm_unet", (24, 32), 8, 1)
   assert net.dropout == 0.1  # the config's runtime field is kept
+  logged = [r.getMessage() for r in caplog.records if "replaced config.policy.net" in r.getMessage()]
+  assert len(logged) == 1 and "level_channels" in logged[0] and str(tmp_path / "hf") in logged[0], logged
   state = init.load_pretrained_into(exp, exp.abstract_state())
   _, want = convert.from_diffusers(tmp_path / "hf")
   _tree_equal(state.policy.params["net"], want)
