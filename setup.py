@@ -33,11 +33,16 @@ setup(
     "pillow>=10",
     # The official YAML configs (python -m dxmi_jax.convert --yaml); flax already needs it.
     "pyyaml>=6",
+    # Hugging Face diffusers folders (convert.from_diffusers / to_diffusers) read and write
+    # .safetensors through safetensors.numpy, without torch; a small pure wheel.
+    "safetensors>=0.4",
   ],
   extras_require={
     # ruff: the formatter and linter the README's test command runs (pyproject.toml); pinned, since
     # formatting changes between releases.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+    # diffusers: tests/test_diffusers.py builds UNet2DModels with it to check parity (it runs on the
+    # torch of the convert extra; it pulls no CUDA packages itself).
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "diffusers>=0.30"],
     # The CPU wheel of torch 2.13.0 is what these machines carry; an unpinned
     # torch pulls several GB of CUDA packages.  Only the checkpoint converters need it.
     "convert": ["torch==2.13.0"],

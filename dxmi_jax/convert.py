@@ -11,6 +11,12 @@ select the architecture's config, see ``dxmi_jax.models.registry``)::
   python -m dxmi_jax.convert --arch=adm_unet --in=x.pt --out=DIR [--override key=value ...]
   python -m dxmi_jax.convert --yaml=configs/imagenet64/T10.yaml --in=x.pt --out=DIR   # official YAML
 
+  # Hugging Face diffusers UNet2DModel folders (dxmi_jax.diffusers_io; docs/checkpoints.md)
+  model, params = from_diffusers(folder)            # config.json + .safetensors (no torch) / .bin
+  to_diffusers(model, params, out_dir, policy=None, policy_params=None)   # + dxmi_sampler.json
+  python -m dxmi_jax.convert --diffusers=FOLDER --out=DIR
+  python -m dxmi_jax.convert --to_diffusers --workdir=RUN --out=DIR   # a trained run's policy
+
 Overrides and ``--yaml`` accept the official config names (``num_channels``,
 ``class_cond``, ``attention_resolutions="32,16,8"``, ``channel_mult=""``) besides
 ours; see ``dxmi_jax.models.official_names``.
@@ -61,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from dxmi_jax import io
+from dxmi_jax import diffusers_io, io
 from dxmi_jax.models import official_names, registry
 
 
@@ -395,6 +401,58 @@ def load_pretrained(path: str, arch: Optional[str] = None, **overrides):
 
 
 # ----------------------------------------------------------------------------------------------
+# Hugging Face diffusers folders.
+# ----------------------------------------------------------------------------------------------
+
+
+def from_diffusers(path: str, **overrides):
+  """Reads a diffusers ``UNet2DModel`` folder -> (model, params), our ``ddpm_unet``.
+
+  The architecture comes from its ``config.json`` (``diffusers_io.fields_from_unet_config``);
+  ``overrides`` may set only the runtime fields (dtype, remat, attention_chunk, dropout).
+  A ``scheduler_config.json`` beside it must be the linear-beta epsilon DDPM our samplers assume.
+  """
+  model, params, _ = diffusers_io.load(path, **overrides)
+  return model, params
+
+
+def to_diffusers(model, params, out_dir: str, policy=None, policy_params=None, overwrite: bool = False) -> str:
+  """Writes (model, params) of our DDPM UNet as a diffusers ``UNet2DModel`` folder.
+
+  With ``policy`` (a var / ddim / ddpm policy around ``model``) and its params
+  ({"net", "log_sigma"}), the learned T-step sampler is written beside it as
+  ``dxmi_sampler.json`` (docs/checkpoints.md; docs/examples/sample_exported.py samples with it).
+  """
+  return diffusers_io.save(model, params, out_dir, policy=policy, policy_params=policy_params, overwrite=overwrite)
+
+
+def workdir_policy(workdir: str, best: bool = False):
+  """(policy, policy params {"net", "log_sigma"}) of a trained dxmi-jax run (its config.json and
+  latest or best checkpoint)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from dxmi_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from dxmi_jax.policies import build_policy  # pylint: disable=import-outside-toplevel
+
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(cfg_path):
+    raise CheckpointError(f"--workdir: {cfg_path} is missing (not a dxmi-jax training run)")
+  if not ckpt_lib.has_checkpoint(workdir):
+    raise CheckpointError(f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')}")
+  with open(cfg_path, encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  net_cfg = {k: v for k, v in config.policy.net.items() if k != "arch"}
+  if config.policy.net.arch != diffusers_io.ARCH:
+    raise CheckpointError(
+      f"--workdir: the run's policy network is {config.policy.net.arch!r}; only {diffusers_io.ARCH!r} exports to diffusers"
+    )
+  net = registry.build(diffusers_io.ARCH, net_cfg)
+  policy = build_policy(config, net)
+  raw, _ = ckpt_lib.load_raw(workdir, best=best)
+  return policy, jax.tree.map(jnp.asarray, raw["policy"]["params"])
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI.
 # ----------------------------------------------------------------------------------------------
 
@@ -428,7 +486,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     default="sampler",
     help="with --yaml: the sampler network or the value network",
   )
-  parser.add_argument("--in", dest="src", required=True, help=".pt/.pth file")
+  parser.add_argument("--in", dest="src", help=".pt/.pth file")
+  parser.add_argument(
+    "--diffusers",
+    metavar="FOLDER",
+    help="instead of --in: a Hugging Face diffusers UNet2DModel folder (config.json + "
+    "diffusion_pytorch_model.safetensors or .bin); the architecture comes from it",
+  )
+  parser.add_argument(
+    "--to_diffusers",
+    action="store_true",
+    help="export instead: the policy network of --workdir as a diffusers UNet2DModel folder "
+    "at --out, with its T-step sampler in dxmi_sampler.json",
+  )
+  parser.add_argument("--workdir", help="with --to_diffusers: a trained dxmi-jax run")
+  parser.add_argument("--best", action="store_true", help="with --to_diffusers: the best checkpoint, not the latest")
   parser.add_argument("--out", required=True, help="output directory (must not exist)")
   parser.add_argument(
     "--override",
@@ -441,6 +513,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--force", action="store_true", help="replace an existing --out")
   args = parser.parse_args(argv)
   overrides = dict(args.override)
+  if args.to_diffusers or args.diffusers:
+    return _main_diffusers(args, overrides)
+  if args.workdir or args.best:
+    print("error: --workdir/--best: only with --to_diffusers", file=sys.stderr)
+    return 2
+  if not args.src:
+    print("error: --in: required (a .pt/.pth file), or --diffusers=FOLDER, or --to_diffusers", file=sys.stderr)
+    return 2
   if args.yaml:
     try:
       arch, fields = official_names.network_from_yaml(args.yaml, args.part)
@@ -466,6 +546,47 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 2
   n = sum(int(np.prod(np.shape(v))) for v in jax.tree.leaves(params))
   print(f"wrote {out}: arch={args.arch}, {n} params, extras={sorted(extras)}")
+  return 0
+
+
+def _main_diffusers(args, overrides) -> int:
+  """The --diffusers (import) and --to_diffusers (export) forms of ``main``."""
+  if args.to_diffusers and args.diffusers:
+    print("error: --diffusers and --to_diffusers: give one (import a folder, or export a run)", file=sys.stderr)
+    return 2
+  clash = [f"--{n}" for n in ("in", "arch", "yaml") if getattr(args, "src" if n == "in" else n)]
+  if clash:
+    print(f"error: {', '.join(clash)}: not used with --diffusers / --to_diffusers", file=sys.stderr)
+    return 2
+  if os.path.exists(args.out) and not args.force:
+    print(f"error: {args.out} already exists (pass --force to replace it)", file=sys.stderr)
+    return 2
+  if args.to_diffusers:
+    if not args.workdir:
+      print("error: --workdir: required with --to_diffusers (a trained dxmi-jax run)", file=sys.stderr)
+      return 2
+    if overrides:
+      print("error: --override: not used with --to_diffusers", file=sys.stderr)
+      return 2
+    try:
+      policy, pp = workdir_policy(args.workdir, best=args.best)
+      out = to_diffusers(policy.net, pp["net"], args.out, policy=policy, policy_params=pp, overwrite=args.force)
+    except (CheckpointError, FileExistsError, ValueError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    print(f"wrote {out}: UNet2DModel (config.json, {diffusers_io.WEIGHTS_SAFETENSORS}) + {diffusers_io.SAMPLER_JSON}")
+    return 0
+  if args.workdir or args.best:
+    print("error: --workdir/--best: only with --to_diffusers", file=sys.stderr)
+    return 2
+  try:
+    _, params, fields = diffusers_io.load(args.diffusers, **overrides)
+    out = save_pretrained(args.out, diffusers_io.ARCH, params, None, overwrite=args.force, **fields)
+  except (CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  n = sum(int(np.prod(np.shape(v))) for v in jax.tree.leaves(params))
+  print(f"wrote {out}: arch={diffusers_io.ARCH} from the diffusers folder {args.diffusers}, {n} params")
   return 0
 
 

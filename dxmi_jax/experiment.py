@@ -159,7 +159,8 @@ def attended_tokens(net) -> list:
       net.get("attention_resolutions", ()),
     )
   elif net.arch == "ddpm_unet":
-    size, levels, res = net.get("resolution", 32), len(net.get("ch_mult", (1,))), net.get("attn_resolutions", ())
+    levels = len(net.get("level_channels", ()) or net.get("ch_mult", (1,)))
+    size, res = net.get("resolution", 32), net.get("attn_resolutions", ())
   else:
     return []
   if isinstance(res, str):  # the official "32,16,8" spelling
@@ -380,6 +381,9 @@ def _init_key(raw_key):
 
 def build(config, mode: str = "train") -> Experiment:
   """Validates ``config`` for ``mode`` (ConfigError naming the option), then builds everything."""
+  from dxmi_jax import init as init_lib  # pylint: disable=import-outside-toplevel
+
+  init_lib.adopt_policy_architecture(config)  # a diffusers policy_checkpoint sets config.policy.net
   validate(config, mode)
   data = data_lib.build(config)
   net_over = {"out_dim": data.shape[1]} if data_lib.kind(config) == "vector" and config.policy.net.arch == "mlp" else {}

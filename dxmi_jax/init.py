@@ -5,7 +5,10 @@
   * a dxmi-jax workdir with DxMI checkpoints (the latest policy is taken),
   * a params folder written by ``checkpoint.save_params`` (``params/`` + ``meta.json``),
   * a PyTorch ``.pt``/``.pth`` file or an Orbax folder from ``python -m dxmi_jax.convert``
-    (converted on the fly through ``dxmi_jax.convert.load_pretrained``).
+    (converted on the fly through ``dxmi_jax.convert.load_pretrained``),
+  * a Hugging Face diffusers ``UNet2DModel`` folder (``dxmi_jax.convert.from_diffusers``): its
+    architecture replaces ``config.policy.net`` (``adopt_policy_architecture``, logged), keeping
+    the config's runtime fields (dtype, remat, attention_chunk, dropout) when it is a ddpm_unet.
 Checkpoints that carry ``log_betas`` (DxMI's own) also set the policy's log-sigmas,
 after checking that their length is the config's T.
 ``config.init.value_checkpoint`` likewise for the value network.
@@ -17,6 +20,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -41,6 +45,50 @@ def _match(what, new, ref):
   return jax.tree.map(lambda n, r: jnp.asarray(n, r.dtype), new, ref)
 
 
+#: policy kinds whose mean is built on a DDPM epsilon network (what a diffusers UNet2DModel is)
+_DDPM_EPS_KINDS = ("var", "ddim", "ddpm")
+
+
+def adopt_policy_architecture(config) -> bool:
+  """When config.init.policy_checkpoint is a diffusers folder, sets config.policy.net to its
+  architecture (before the networks are built); returns whether it did.
+
+  The folder's config.json (and scheduler_config.json, if any) is checked first: a
+  configuration our DDPM UNet cannot represent, or another noise schedule, is a ConfigError.
+  """
+  from dxmi_jax import diffusers_io  # pylint: disable=import-outside-toplevel
+
+  path = config.init.get("policy_checkpoint", "") if "init" in config else ""
+  if not path or not diffusers_io.is_diffusers_folder(path):
+    return False
+  what = "config.init.policy_checkpoint"
+  if config.policy.kind not in _DDPM_EPS_KINDS:
+    raise ConfigError(
+      f"{what}: {path} is a diffusers DDPM (an epsilon network); config.policy.kind={config.policy.kind!r} "
+      f"cannot use it (expected one of {_DDPM_EPS_KINDS})"
+    )
+  try:
+    fields = diffusers_io.read_fields(path)
+  except diffusers_io.CheckpointError as e:
+    raise ConfigError(f"{what}: {e}") from None
+  old = config.policy.net
+  if old.get("arch") == diffusers_io.ARCH:
+    fields.update({k: old[k] for k in diffusers_io.RUNTIME_FIELDS if k in old})
+  from dxmi_jax.models import registry  # pylint: disable=import-outside-toplevel
+
+  new = ml_collections.ConfigDict(dict(arch=diffusers_io.ARCH, **registry.resolve_config(diffusers_io.ARCH, fields)))
+  with config.unlocked():
+    config.policy.net = new
+  changed = sorted(k for k in set(old.keys()) | set(new.keys()) if old.get(k) != new.get(k))
+  logging.warning(
+    "%s=%s is a diffusers UNet2DModel folder: its architecture replaced config.policy.net%s",
+    what,
+    path,
+    f" (changed fields: {', '.join(changed)})" if changed else "",
+  )
+  return True
+
+
 def _read_network(path, section, section_cfg, what):
   """(net params, log_sigma or None) from any supported checkpoint kind."""
   pre = os.path.join(path, "pretrain")
@@ -60,6 +108,13 @@ def _read_network(path, section, section_cfg, what):
   from dxmi_jax import convert  # pylint: disable=import-outside-toplevel
 
   arch, fields = net_config(section_cfg)
+  if convert.diffusers_io.is_diffusers_folder(path):  # no log_sigma: the sampler starts from its schedule
+    runtime = {k: fields[k] for k in convert.diffusers_io.RUNTIME_FIELDS if k in fields}
+    try:
+      _, params = convert.from_diffusers(path, **(runtime if arch == convert.diffusers_io.ARCH else {}))
+    except convert.CheckpointError as e:
+      raise ConfigError(f"{what}: {e}") from None
+    return params, None
   try:
     _, params, extras = convert.load_pretrained(path, arch, **fields)
   except convert.CheckpointError as e:
