@@ -66,10 +66,13 @@ def test_relative_scales_set_sigmas_avr_and_energy_scale(tmp_path):
   exp = experiment.build(c)
   scale = exp.data.scale
   assert 0 < scale < 0.5  # unit-sphere rows spread far less than z-scored ones
-  state = provider_lib.with_relative_scales(exp, exp.init_state(jax.random.PRNGKey(0)), scale)
+  state = provider_lib.with_relative_scales(exp, exp.init_state(jax.random.PRNGKey(0)), exp.data)
   np.testing.assert_allclose(np.exp(state.policy.params["log_sigma"]), c.policy.init_sigma * scale, rtol=1e-5)
   np.testing.assert_allclose(state.velocity_scale, c.policy.init_sigma * scale, rtol=1e-5)
-  np.testing.assert_allclose(state.energy.params["scale"], 1.0 / scale, rtol=1e-5)
+  # the energy's scale puts the mean energy of chain starts at 1 / (2 gamma)
+  starts = jnp.asarray(exp.data.starts(0, provider_lib._SCALE_ROWS, tag=2))
+  e = exp.nets.energy_apply(state.energy.params, starts, None)
+  np.testing.assert_allclose(float(jnp.mean(e)), 0.5 / c.dxmi.gamma, rtol=1e-4)
 
 
 def test_sphere_policy_steps_stay_on_the_sphere(tmp_path):

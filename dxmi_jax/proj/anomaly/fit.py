@@ -67,7 +67,7 @@ class Detector:
     providers = [AnomalyData.from_array(self.config, np.asarray(x, np.float32), s) for x, s in zip(xs, seeds)]
     states = self._init(jnp.stack([jax.random.PRNGKey(int(s)) for s in seeds]))
     states = self._pretrain(states, providers)
-    states = _stack([with_relative_scales(self.exp, _unstack(states, i), p.scale) for i, p in enumerate(providers)])
+    states = _stack([with_relative_scales(self.exp, _unstack(states, i), p) for i, p in enumerate(providers)])
     step = self._step(providers[0])
     t0 = time.time()
     for i in range(n):

@@ -8,9 +8,9 @@ plus two things DxMI needs here:
   chain from a training row diffused by ``data.start_noise`` x ``scale`` (per-coordinate std,
   in ``data.start_steps`` moves, along the sphere for sphere inputs, ``data.diffuse``).
 * ``scale``, the data's own per-coordinate scale: the RMS over rows and coordinates of the fit
-  rows' deviation from their mean (1 for z-scored tables; on the sphere it ranges from 1e-3
-  for near-identical image embeddings to 0.05 for feature-map locations), so that one config
-  sets the start noise and the policy's initial sigmas (``relative_sigma``) for any data.  The
+  rows' deviation from their mean (1 for z-scored tables; on the sphere it ranges from 2e-3
+  for near-identical image embeddings to 0.04 for feature-map locations), so that one config
+  sets the start noise and the policy's initial sigmas for any data (``relative_scales``).  The
   rows are drawn independently of the batch's positives.  Like the batches, the starts are a
   pure function of (seed, step).
 * ``val``: the held-out ``data.val_fraction`` of the training rows, for the training-only
@@ -38,30 +38,46 @@ def data_scale(x: np.ndarray) -> float:
 
 def relative_scales(exp, workdir, pretrained):
   """A training stage (after the autoencoder's pretraining): the starting point in units of
-  the data's scale (``with_relative_scales``)."""
+  the data (``with_relative_scales``)."""
   del workdir
-  if not hasattr(exp.data, "scale"):
+  if not isinstance(exp.data, AnomalyData):
     return pretrained
-  return with_relative_scales(exp, exp.abstract_state() if pretrained is None else pretrained, exp.data.scale)
+  return with_relative_scales(exp, exp.abstract_state() if pretrained is None else pretrained, exp.data)
 
 
-def with_relative_scales(exp, state, scale: float):
-  """The residual policy's initial sigmas (and the AVR scales the EV trainer starts from them)
-  become ``config.policy.init_sigma`` x scale, and an energy's learnt scale s starts at
-  1 / scale, so that E measures reconstruction errors in units of the data's own spread and
-  the entropy bonus tau1 log sigma meets an energy of O(1) on any data."""
+#: rows of the chain-start stream (tag 2) on which the energy's initial scale is set
+_SCALE_ROWS = 512
+
+
+def with_relative_scales(exp, state, data: "AnomalyData"):
+  """The starting point in units of the data.
+
+  * The residual policy's initial sigmas (and the AVR scales the EV trainer starts from them)
+    become ``config.policy.init_sigma`` x ``data.scale``.
+  * An energy with a learnt scale s (``ae_energy``) whose weights are known (pretrained) gets
+    s such that its mean energy on chain starts is 1 / (2 gamma), the value at which the
+    square penalty gamma E^2 balances the contrastive push on negatives (1 without gamma):
+    the energy starts at O(1) on any data, neither dwarfed by tau1 log sigma nor pulled down
+    by the penalty.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   c = exp.config
   out = state
   if c.policy.kind == "residual" and c.policy.get("init_sigma", -1.0) > 0:
-    log_sigma = jnp.full((exp.policy.num_steps,), np.log(c.policy.init_sigma * scale), jnp.float32)
+    log_sigma = jnp.full((exp.policy.num_steps,), np.log(c.policy.init_sigma * data.scale), jnp.float32)
     out = out.replace(policy=out.policy.replace(params=dict(out.policy.params, log_sigma=log_sigma)))
     if exp.cfg.avr_init == "sigma":
       out = out.replace(velocity_scale=jnp.exp(log_sigma)[::-1])
-  if out.energy is not None and "scale" in out.energy.params:
-    s = jnp.asarray(1.0 / max(scale, 1e-12), jnp.float32)
-    out = out.replace(energy=out.energy.replace(params=dict(out.energy.params, scale=s)))
+  energy = out.energy
+  if energy is not None and "scale" in energy.params:
+    if not any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(energy.params)):
+      params = dict(energy.params, scale=jnp.float32(1.0))
+      e = float(jnp.mean(exp.nets.energy_apply(params, jnp.asarray(data.starts(0, _SCALE_ROWS, tag=2)), None)))
+      target = 0.5 / exp.cfg.gamma if exp.cfg.gamma > 0 else 1.0
+      s = jnp.float32(np.sqrt(target / max(e, 1e-30)))
+      out = out.replace(energy=energy.replace(params=dict(energy.params, scale=s)))
   return out
 
 
