@@ -9,6 +9,7 @@ trained model must beat the untrained one (random autoencoder weights) by a marg
 detection and localisation.  Also: the feature-file loader's layouts and errors.
 """
 
+import json
 import pickle
 
 import jax
@@ -76,15 +77,17 @@ def test_pretrain_dxmi_score_beats_untrained(trained):
   untrained_image, untrained_pixel = metrics.auroc(label, image0), metrics.auroc(mask.reshape(-1), pixel0.reshape(-1))
   assert trained_image > 0.9 and trained_image > untrained_image + 0.1, (trained_image, untrained_image)
   assert trained_pixel > 0.9 and trained_pixel > untrained_pixel + 0.1, (trained_pixel, untrained_pixel)
-  # the map's maximum is the image score; every location was scored as one unit-sphere vector
+  # the per-category report (one category here): the same AUROCs
+  report = json.loads(str(z["auroc"]))
+  np.testing.assert_allclose(report["a"]["image_auroc"], trained_image, rtol=1e-9)
+  np.testing.assert_allclose(report["mean"]["pixel_auroc"], trained_pixel, rtol=1e-9)
+  # every location was scored as one unit-sphere vector
   meta = ckpt_lib.read_meta(str(root / "w"))
   assert meta["data_transform"] == {"kind": "sphere", "dim": C}
 
 
 def test_pretraining_and_diagnostics_recorded(trained):
   root = trained[0]
-  import json
-
   meta = json.loads((root / "w" / "pretrain_energy" / "meta.json").read_text())
   assert meta["recon_error_last"] < 0.5 * meta["recon_error_first"], meta
   records = [json.loads(l) for l in (root / "w" / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,9 @@ higher = more anomalous.  Feature maps: when IN is a UniAD-style file (``feature
 4-D ``features``, see data.py), every location is scored as one vector and OUT must end with
 ``.npz``; it holds ``image_score`` (N,), the maximum of each (H, W) energy map (the authors'
 image score), and ``pixel_map`` (N, H_mask, W_mask), the map bilinearly upsampled to the size
-of IN's ``mask`` (the map's own size when IN has none), plus ``label`` and ``clsname``.  The network and the standardisation are the ones the workdir was trained with: the
+of IN's ``mask`` (the map's own size when IN has none), plus ``label``, ``clsname`` and ``auroc``,
+a JSON string of the image (and, with masks, pixel) AUROC of every category whose maps hold both
+labels and their mean (the report of the authors' unified model), which is also printed.  The network and the standardisation are the ones the workdir was trained with: the
 architecture comes from the config saved in the checkpoint's meta (so the training run's
 ``--config.*`` overrides need not be repeated) and the transform from its ``data_transform``.
 Every check (the options, the checkpoint, the file, its key, shape, D and values) runs before
@@ -125,15 +127,45 @@ def run(config, workdir: str):
   energy_fn = exp.energy_fn(parallel.to_host(state))
   if maps:
     image, pixel = map_scores(energy_fn, transform, x, config.score.batch_size)
+    report = per_category_auroc(x, image, pixel)
     if jax.process_index() == 0:
-      io.atomic_savez(config.score.output, image_score=image, pixel_map=pixel, label=x.label, clsname=x.clsname)
+      io.atomic_savez(
+        config.score.output,
+        image_score=image,
+        pixel_map=pixel,
+        label=x.label,
+        clsname=x.clsname,
+        auroc=np.asarray(json.dumps(report)),
+      )
       print(f"wrote {image.shape[0]} image scores and {pixel.shape[1:]} pixel maps to {config.score.output}")
+      for cls, r in report.items():
+        print(f"  {cls:24s} " + "  ".join(f"{k} {v:.4f}" for k, v in r.items()), flush=True)
     return config.score.output
   scores = energies(energy_fn, transform(x), config.score.batch_size)
   if jax.process_index() == 0:
     io.atomic_write(config.score.output, lambda f: np.save(f, scores), ".npy")
     print(f"wrote {scores.shape[0]} scores to {config.score.output}", flush=True)
   return config.score.output
+
+
+def per_category_auroc(maps: anomaly_data.FeatureMaps, image, pixel) -> dict:
+  """{category: {"image_auroc", "pixel_auroc" (with masks)}} over the categories whose maps hold both
+  normal and anomalous labels, and "mean" over them (the authors' unified-model report)."""
+  from dxmi_jax.proj.anomaly import metrics  # pylint: disable=import-outside-toplevel
+
+  out = {}
+  for cls in sorted(set(maps.clsname.tolist())):
+    idx = maps.clsname == cls
+    if len(set(maps.label[idx].tolist())) < 2:
+      continue
+    r = {"image_auroc": metrics.auroc(maps.label[idx], image[idx])}
+    if maps.mask is not None and maps.mask[idx].any():
+      r["pixel_auroc"] = metrics.auroc(maps.mask[idx].reshape(-1), pixel[idx].reshape(-1))
+    out[cls] = r
+  if out:
+    keys = set.intersection(*(set(r) for r in out.values()))
+    out["mean"] = {k: float(np.mean([r[k] for r in out.values()])) for k in sorted(keys)}
+  return out
 
 
 def energy_maps(energy_fn, transform, maps: anomaly_data.FeatureMaps, batch_size: int = 4096) -> np.ndarray:
