@@ -69,6 +69,23 @@ def read_jsonl(path: str) -> List[Dict]:
   return out
 
 
+def _append_whole(path: str, data: bytes):
+  """Appends ``data`` to ``path`` entirely or not at all: a failed write (e.g. a full disk) is cut back
+  off, so the file never ends in a half-written line.  Raises the OSError."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    end = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+      while view:
+        view = view[os.write(fd, view) :]
+    except OSError:
+      os.ftruncate(fd, end)
+      raise
+  finally:
+    os.close(fd)
+
+
 class MetricWriter:
   """Appends JSON records to <workdir>/metrics.jsonl and scalars to TensorBoard.
 
@@ -99,9 +116,7 @@ class MetricWriter:
       return
     rec = {"step": int(step), "kind": kind}
     rec.update({k: (None if not math.isfinite(v) else v) if isinstance(v, float) else v for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(rec) + "\n")
-      f.flush()
+    _append_whole(self.path, (json.dumps(rec) + "\n").encode("utf-8"))
     if self._tb is not None:
       prefix = "" if kind == "train" else f"{kind}/"
       for k, v in metrics.items():
@@ -116,16 +131,38 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.flush()
 
-  def close(self):
-    if self._tb is not None:
-      self._tb.flush()
-      self._tb.close()
-      self._tb = None
+  def close(self, quiet: bool = False):
+    """Flushes and closes TensorBoard.  If that fails (e.g. the disk is full) the torn last event is
+    cut off, so the files stay readable, and the error is raised (not with ``quiet``: when closing
+    after another error, which is the one to report)."""
+    if self._tb is None:
+      return
+    tb, self._tb = self._tb, None
+    error = None
+    for step in (tb.flush, tb.close):
+      try:
+        step()
+      except OSError as e:
+        error = error or e
+    trim_torn_events(tb.logdir)
+    if error is not None and not quiet:
+      raise error
+
+
+def trim_torn_events(logdir: str):
+  """Cuts a torn last record (a write cut short: full disk, killed process) off each event file in ``logdir``."""
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    end = _complete_length(path)
+    if end < os.path.getsize(path):
+      with open(path, "r+b") as f:
+        f.truncate(end)
+      logging.warning("%s: cut a torn last event (%d bytes)", path, os.path.getsize(path) - end)
 
 
 # ------------------------------------------------------------ TensorBoard reader
-def _records(path: str):
-  """The payloads of a TFRecord file (length, masked crc, data, masked crc), CRCs checked."""
+def _records(path: str, offsets: bool = False):
+  """The payloads of a TFRecord file (length, masked crc, data, masked crc), CRCs checked;
+  with ``offsets``, (payload, end offset of its record)."""
   from tensorboardX.record_writer import masked_crc32c as masked  # pylint: disable=import-outside-toplevel
 
   with open(path, "rb") as f:
@@ -141,7 +178,18 @@ def _records(path: str):
         return  # a truncated last record (writer killed)
       if struct.unpack("<I", footer)[0] != masked(data):
         raise ValueError(f"{path}: corrupt record")
-      yield data
+      yield (data, f.tell()) if offsets else data
+
+
+def _complete_length(path: str) -> int:
+  """The length of the leading complete records of an event file."""
+  complete = 0
+  try:
+    for _, end in _records(path, offsets=True):
+      complete = end
+  except ValueError:  # a corrupt record: keep what precedes it
+    pass
+  return complete
 
 
 def read_tensorboard_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:

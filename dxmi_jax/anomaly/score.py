@@ -57,7 +57,9 @@ def check_inputs(config, workdir):
     raise ConfigError(
       f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} to score with (train first)"
     )
-  meta = ckpt_lib.read_meta(workdir)
+  from dxmi_jax import modes  # pylint: disable=import-outside-toplevel  (modes imports this module)
+
+  meta = ckpt_lib.read_meta(workdir, modes.usable_checkpoint(None, workdir, move_aside=False))
   if "data_transform" not in meta:
     raise ConfigError(
       f"--workdir: the checkpoint in {workdir} was not trained on npz vector data "
@@ -87,13 +89,9 @@ def run(config, workdir: str):
   if problem:
     raise ConfigError(f"--workdir: the checkpoint does not fit the network of its saved config ({problem})")
   mesh = parallel.make_mesh()
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    repl = parallel.replicated(mesh)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
-    state, _ = ckpt.restore(abstract)
-  finally:
-    ckpt.close()
+  repl = parallel.replicated(mesh)
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
+  state, _ = ckpt_lib.restore_step(workdir, ckpt_lib.select(workdir).step, abstract)  # the newest that restores
   scores = energies(exp.energy_fn(parallel.to_host(state)), transform(x), config.score.batch_size)
   if jax.process_index() == 0:
     samples.atomic_write(config.score.output, lambda f: np.save(f, scores), ".npy")
