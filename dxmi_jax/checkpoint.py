@@ -16,6 +16,13 @@ leaves the previous checkpoint intact and the partial one invisible; the next
 run removes leftover temporary folders before its first save.  A state with a
 non-finite leaf is never saved.
 
+Damage (docs/faults.md): every reader uses the newest checkpoint that restores
+completely (``select``); training moves newer damaged ones aside to
+``<step>.damaged`` (``move_aside``).  A failed save (a full disk, any storage
+error; asynchronous, so it surfaces at the next save or wait) raises SaveError,
+whose one-line message names the failing step, the workdir's free space and the
+last complete checkpoint.
+
 Multi-host: every process must call ``save``/``restore``/``close`` (Orbax
 synchronises them and each process writes the shards it owns); ``workdir`` must
 be a path every process sees.

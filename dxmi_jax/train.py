@@ -22,6 +22,12 @@ that evaluation metric also under checkpoints_best/ (direction: ``min:NAME`` /
 ``max:NAME``, or by name, see ``checkpoint.HIGHER_IS_BETTER``).  A finished run
 started again does nothing (use --mode=eval to re-evaluate).
 
+Faults (docs/faults.md): the resume point is the newest checkpoint that restores
+(``checkpoint.select``, chosen by ``modes.run``); a failed save or a refused write
+stops the run with a TrainingError naming the workdir, its free space and the last
+complete checkpoint; SIGTERM (``preemption``) saves the step reached and raises
+``preemption.Preempted``, dropping an evaluation in flight, which the restart runs.
+
 Multi-host: every process runs this same loop on its slice of each global batch
 (``parallel``); all of them save and restore (Orbax coordinates them); only
 process 0 writes metrics, TensorBoard, figures and logs at INFO.
@@ -29,6 +35,7 @@ process 0 writes metrics, TensorBoard, figures and logs at INFO.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Dict
@@ -42,6 +49,8 @@ from dxmi_jax import compiler, dxmi, evaluators, io, parallel, preemption, write
 from dxmi_jax.data.loader import prefetch_to_device
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
+#: OS errors of a write that storage refused (full, over quota, read-only, failing): one error line
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 class TrainingError(RuntimeError):
@@ -188,6 +197,8 @@ def train_and_evaluate(exp, workdir: str, pretrained=None) -> Dict[str, float]:
   except ckpt_lib.SaveError as e:
     raise TrainingError(str(e)) from None
   except OSError as e:  # a write of the loop's own (metrics, TensorBoard, figures): e.g. the disk is full
+    if e.errno not in _STORAGE_ERRNOS:
+      raise
     last = ckpt_lib.latest_step(workdir)
     raise TrainingError(
       f"writing to the workdir {workdir} failed ({type(e).__name__}: {e}); it has "

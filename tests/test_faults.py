@@ -367,3 +367,28 @@ def test_sigterm_during_compilation_ends_without_training(reference, tmp_path, m
     modes.run(tiny_config(**RUN), str(wd))
   assert ckpt_lib.committed_steps(str(wd)) == before
   assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+
+
+def test_sigterm_during_pretraining_saves_it_and_the_restart_is_exact(tmp_path, monkeypatch):
+  over = dict(RUN, pretrain__num_iters=60, pretrain__batch_size=64, training__log_every=10)
+  modes.run(tiny_config(**over), str(tmp_path / "ref"), mode="pretrain")
+  wd = tmp_path / "wd"
+  real_log_line = writers.log_line
+
+  def log_line(step, total, metrics, keys=()):
+    real_log_line(step, total, metrics, keys)
+    if step == 20 and "pretrain/loss" in metrics:
+      _sigterm_self()
+
+  monkeypatch.setattr(writers, "log_line", log_line)
+  with pytest.raises(preemption.Preempted, match="saved pretraining iteration 20"):
+    modes.run(tiny_config(**over), str(wd), mode="pretrain")
+  assert not (wd / "pretrain").exists() and (wd / "pretrain_resume" / "meta.json").exists()
+  monkeypatch.setattr(writers, "log_line", real_log_line)
+  modes.run(tiny_config(**over), str(wd), mode="pretrain")
+  assert not (wd / "pretrain_resume").exists()
+  a, _ = ckpt_lib.load_params(str(tmp_path / "ref" / "pretrain"))
+  b, _ = ckpt_lib.load_params(str(wd / "pretrain"))
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  ra, rb = records(tmp_path / "ref" / "pretrain_logs"), records(wd / "pretrain_logs")
+  assert [writers.comparable(r) for r in ra] == [writers.comparable(r) for r in rb] and len(ra) == 6
