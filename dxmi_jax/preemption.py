@@ -37,8 +37,9 @@ class Preempted(Exception):
   """Raised by a loop after it saved its state on SIGTERM; the message says what was saved."""
 
 
-class EvaluationInterrupted(Exception):
-  """Raised inside an evaluation by SIGTERM (one process): the evaluation is dropped."""
+class EvaluationInterrupted(BaseException):
+  """Raised inside an evaluation by SIGTERM (one process): the evaluation is dropped.  A
+  BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
 
 
 class Watcher:

@@ -1,8 +1,8 @@
 """Metric writers: metrics.jsonl (the contract), TensorBoard events, progress lines.
 
-Only process 0 writes.  TensorBoard files come from tensorboardX, which needs
-neither TensorFlow nor tensorboard (clu.metric_writers would need both);
-``read_tensorboard_scalars`` reads them back the same way.
+Only process 0 writes.  TensorBoard files are written by ``EventFile`` with tensorboardX's protos
+(neither TensorFlow nor tensorboard needed; clu.metric_writers would need both), in
+the calling thread, whole records only; ``read_tensorboard_scalars`` reads them back.
 Per-step vectors (e.g. ``value/step`` of length T) are expanded into scalars
 ``value/step_0`` ... as the official trainers log them.
 
@@ -100,9 +100,7 @@ class MetricWriter:
     if self.active:
       os.makedirs(workdir, exist_ok=True)
     if self.active and tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30, purge_step=purge_step)
+      self._tb = EventFile(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
 
   def truncate_after(self, step: int):
     """On resume: drop records of steps > ``step`` (written after the restored checkpoint)."""
@@ -132,31 +130,88 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self, quiet: bool = False):
-    """Flushes and closes TensorBoard.  If that fails (e.g. the disk is full) the torn last event is
-    cut off, so the files stay readable, and the error is raised (not with ``quiet``: when closing
-    after another error, which is the one to report)."""
+    """Writes the TensorBoard events still held and closes.  If that fails (e.g. the disk is full)
+    the events file keeps only whole events and the error is raised (not with ``quiet``: when
+    closing after another error, which is the one to report)."""
     if self._tb is None:
       return
     tb, self._tb = self._tb, None
-    error = None
-    for step in (tb.flush, tb.close):
-      try:
-        step()
-      except OSError as e:
-        error = error or e
-    trim_torn_events(tb.logdir)
-    if error is not None and not quiet:
-      raise error
+    try:
+      tb.close()
+    except OSError:
+      if not quiet:
+        raise
+
+
+class EventFile:
+  """TensorBoard events (the TFRecord files TensorBoard reads), written by the calling thread.
+
+  Not tensorboardX's SummaryWriter: its writer thread dies on a write error (a full disk)
+  and the next ``add_scalar`` then blocks forever on its full queue.  Here events are
+  serialised with tensorboardX's summary protos, held, and appended every ``flush_secs``
+  and on ``close``, whole or not at all (``_append_whole``): a failed write raises here,
+  in the loop, and leaves no torn record.  ``purge_step`` marks a restart as
+  SummaryWriter's does (TensorBoard hides older events at steps >= it).
+  """
+
+  def __init__(self, logdir: str, purge_step: Optional[int] = None, flush_secs: float = 30.0):
+    import socket  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(logdir, exist_ok=True)
+    trim_torn_events(logdir)  # a run killed mid-append (SIGKILL) may have left half a record
+    self.logdir, self.flush_secs = logdir, flush_secs
+    self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}")
+    self._held: List[bytes] = []
+    self._last_flush = time.time()
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+    self._event(file_version="brain.Event:2", step=purge_step or 0)
+    if purge_step is not None:
+      self._event(step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+    self.flush()
+
+  def _event(self, **fields):
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    from tensorboardX.record_writer import masked_crc32c as masked  # pylint: disable=import-outside-toplevel
+
+    data = event_pb2.Event(wall_time=time.time(), **fields).SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._held.append(header + struct.pack("<I", masked(header)) + data + struct.pack("<I", masked(data)))
+
+  def add_scalar(self, tag: str, value: float, step: int):
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+    self._event(step=int(step), summary=summary.scalar(tag, float(value)))
+    self._maybe_flush()
+
+  def add_image(self, tag: str, image, step: int, dataformats: str = "HWC"):
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+    self._event(step=int(step), summary=summary.image(tag, image, dataformats=dataformats))
+    self._maybe_flush()
+
+  def _maybe_flush(self):
+    if time.time() - self._last_flush >= self.flush_secs:
+      self.flush()
+
+  def flush(self):
+    if self._held:
+      _append_whole(self.path, b"".join(self._held))
+      self._held = []
+    self._last_flush = time.time()
+
+  def close(self):
+    self.flush()
 
 
 def trim_torn_events(logdir: str):
   """Cuts a torn last record (a write cut short: full disk, killed process) off each event file in ``logdir``."""
   for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
-    end = _complete_length(path)
-    if end < os.path.getsize(path):
+    end, size = _complete_length(path), os.path.getsize(path)
+    if end < size:
       with open(path, "r+b") as f:
         f.truncate(end)
-      logging.warning("%s: cut a torn last event (%d bytes)", path, os.path.getsize(path) - end)
+      logging.warning("%s: cut a torn last event (%d bytes)", path, size - end)
 
 
 # ------------------------------------------------------------ TensorBoard reader

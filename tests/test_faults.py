@@ -392,3 +392,32 @@ def test_sigterm_during_pretraining_saves_it_and_the_restart_is_exact(tmp_path, 
   jax.tree.map(np.testing.assert_array_equal, a, b)
   ra, rb = records(tmp_path / "ref" / "pretrain_logs"), records(wd / "pretrain_logs")
   assert [writers.comparable(r) for r in ra] == [writers.comparable(r) for r in rb] and len(ra) == 6
+
+
+def test_score_uses_the_newest_checkpoint_that_restores(tmp_path, caplog):
+  """--mode=score (anomaly detection on npz vectors) follows the same rule."""
+  from configs import anomaly as anomaly_config  # pylint: disable=import-outside-toplevel
+  from dxmi_jax.anomaly import synthetic  # pylint: disable=import-outside-toplevel
+
+  def config(**score):
+    c = anomaly_config.get_config("smoke")
+    c.policy.net.hidden = c.value.hidden = c.energy.hidden = (16, 16)
+    c.training.num_iters, c.training.batch_size, c.training.checkpoint_every = 40, 64, 20
+    c.data.path = str(tmp_path / "train.npz")
+    for k, v in score.items():
+      c.score[k] = v
+    return c
+
+  x, _ = synthetic.vectors(300, 50, 4, seed=0)
+  np.savez(tmp_path / "train.npz", X=x[:250])
+  np.savez(tmp_path / "test.npz", X=x[250:])
+  modes.run(config(), str(tmp_path / "w"), "train")
+  good = _copy(tmp_path / "w", tmp_path / "good")
+  shutil.rmtree(good / "checkpoints" / "40")
+  modes.run(config(input=str(tmp_path / "test.npz"), output=str(tmp_path / "good.npy")), str(good), "score")
+  _truncate(tmp_path / "w" / "checkpoints" / "40")
+  caplog.set_level("WARNING")
+  modes.run(config(input=str(tmp_path / "test.npz"), output=str(tmp_path / "s.npy")), str(tmp_path / "w"), "score")
+  warned = [r.getMessage() for r in caplog.records if "does not restore" in r.getMessage()]
+  assert len(warned) == 1 and "checkpoint 40" in warned[0] and "using step 20" in warned[0]
+  np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), np.load(tmp_path / "good.npy"))
