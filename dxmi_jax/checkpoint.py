@@ -259,12 +259,16 @@ class Checkpointer:
         self.best.wait_until_finished()
     self._pending = None
 
-  def close(self):
+  def close(self, quiet: bool = False):
     """Waits for pending saves (SaveError if one failed) and releases the managers; after a
-    failure already reported, closes quietly."""
+    failure already reported, or with ``quiet`` (closing after another error, the one to
+    report), a failed save raises nothing (its partial folder is still removed)."""
     try:
       if not self._failed:
         self.wait()
+    except SaveError:
+      if not quiet:
+        raise
     finally:
       for mgr in (self.latest, self.best):
         if mgr is None:

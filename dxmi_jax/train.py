@@ -179,21 +179,13 @@ def train_and_evaluate(exp, workdir: str, pretrained=None) -> Dict[str, float]:
     workdir, keep=tc.keep_checkpoints, best_metric=tc.best_metric, async_save=tc.async_checkpoints
   )
   try:
-    state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
-    pending_eval = meta is not None and _eval_pending(workdir, meta)
-    if meta is not None:
-      logging.info("resuming from step %d", start)
-      _warn_if_data_changed(config, meta)
-      if start >= tc.num_iters and not pending_eval:
-        logging.info(
-          "the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
-          "(raise num_iters to continue; --mode=eval to re-evaluate)",
-          start,
-          tc.num_iters,
-        )
-        return dict(meta.get("metrics", {}))
-    ckpt.prune_after(start)
-    return _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval)
+    try:
+      result = _resume_and_train(exp, workdir, mesh, ckpt, pretrained)
+    except BaseException:
+      ckpt.close(quiet=True)  # the error under way is the one to report
+      raise
+    ckpt.close()  # waits for pending asynchronous saves
+    return result
   except ckpt_lib.SaveError as e:
     raise TrainingError(str(e)) from None
   except OSError as e:  # a write of the loop's own (metrics, TensorBoard, figures): e.g. the disk is full
@@ -206,8 +198,25 @@ def train_and_evaluate(exp, workdir: str, pretrained=None) -> Dict[str, float]:
       f"{'step ' + str(last) if last is not None else 'none'}; free some space (or fix the storage) and run "
       f"the same command again to resume from it"
     ) from None
-  finally:
-    ckpt.close()  # waits for pending asynchronous saves, also when the loop failed (quietly after a failure)
+
+
+def _resume_and_train(exp, workdir, mesh, ckpt, pretrained):
+  tc = exp.config.training
+  state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
+  pending_eval = meta is not None and _eval_pending(workdir, meta)
+  if meta is not None:
+    logging.info("resuming from step %d", start)
+    _warn_if_data_changed(exp.config, meta)
+    if start >= tc.num_iters and not pending_eval:
+      logging.info(
+        "the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
+        "(raise num_iters to continue; --mode=eval to re-evaluate)",
+        start,
+        tc.num_iters,
+      )
+      return dict(meta.get("metrics", {}))
+  ckpt.prune_after(start)
+  return _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval)
 
 
 def _eval_pending(workdir, meta) -> bool:

@@ -120,10 +120,12 @@ class MetricWriter:
       for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
           self._tb.add_scalar(prefix + k, v, step)
+      self._tb.flush()  # one append per record: on disk for a resume after a kill
 
   def image(self, tag: str, image_hwc_uint8: np.ndarray, step: int):
     if self._tb is not None:
       self._tb.add_image(tag, image_hwc_uint8, step, dataformats="HWC")
+      self._tb.flush()
 
   def flush(self):
     if self._tb is not None:
@@ -148,21 +150,20 @@ class EventFile:
 
   Not tensorboardX's SummaryWriter: its writer thread dies on a write error (a full disk)
   and the next ``add_scalar`` then blocks forever on its full queue.  Here events are
-  serialised with tensorboardX's summary protos, held, and appended every ``flush_secs``
-  and on ``close``, whole or not at all (``_append_whole``): a failed write raises here,
-  in the loop, and leaves no torn record.  ``purge_step`` marks a restart as
+  serialised with tensorboardX's summary protos, held, and appended at each ``flush``
+  (MetricWriter: once per record), whole or not at all (``_append_whole``): a failed
+  write raises here, in the loop, and leaves no torn record.  ``purge_step`` marks a restart as
   SummaryWriter's does (TensorBoard hides older events at steps >= it).
   """
 
-  def __init__(self, logdir: str, purge_step: Optional[int] = None, flush_secs: float = 30.0):
+  def __init__(self, logdir: str, purge_step: Optional[int] = None):
     import socket  # pylint: disable=import-outside-toplevel
 
     os.makedirs(logdir, exist_ok=True)
     trim_torn_events(logdir)  # a run killed mid-append (SIGKILL) may have left half a record
-    self.logdir, self.flush_secs = logdir, flush_secs
+    self.logdir = logdir
     self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}")
     self._held: List[bytes] = []
-    self._last_flush = time.time()
     from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
 
     self._event(file_version="brain.Event:2", step=purge_step or 0)
@@ -182,23 +183,16 @@ class EventFile:
     from tensorboardX import summary  # pylint: disable=import-outside-toplevel
 
     self._event(step=int(step), summary=summary.scalar(tag, float(value)))
-    self._maybe_flush()
 
   def add_image(self, tag: str, image, step: int, dataformats: str = "HWC"):
     from tensorboardX import summary  # pylint: disable=import-outside-toplevel
 
     self._event(step=int(step), summary=summary.image(tag, image, dataformats=dataformats))
-    self._maybe_flush()
-
-  def _maybe_flush(self):
-    if time.time() - self._last_flush >= self.flush_secs:
-      self.flush()
 
   def flush(self):
     if self._held:
       _append_whole(self.path, b"".join(self._held))
       self._held = []
-    self._last_flush = time.time()
 
   def close(self):
     self.flush()
