@@ -4,8 +4,8 @@
             present, else starts from config.init.* (pretrained weights; with
             config.init.pretrain_first, a DDPM pretrained into the workdir first) or from scratch
   pretrain  DDPM epsilon-prediction pretraining of the policy network (<workdir>/pretrain)
-  sample    restore the latest checkpoint and write <workdir>/samples.npz
-  eval      restore the latest checkpoint and write an evaluation record
+  sample    restore the newest checkpoint that restores (docs/faults.md) and write <workdir>/samples.npz
+  eval      the same, and write an evaluation record
   score     energies of config.score.input's rows under the latest checkpoint, into
             config.score.output (vector data; dxmi_jax/anomaly/score.py)
 
