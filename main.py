@@ -3,7 +3,8 @@
 Thin on purpose: flags -> ``dxmi_jax.modes.run``.  Bad input (an unknown or
 mistyped option, a bad config value, a missing file) prints one line
 ``error: ...`` naming the option on stderr and exits with status 2, before
-anything is written.
+anything is written.  A run stopped by SIGTERM saves its state first, prints one
+line and exits with status 143 (``preemption.EXIT_STATUS``; docs/faults.md).
 """
 
 import re
@@ -12,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dxmi_jax import experiment, modes, train
+from dxmi_jax import experiment, modes, preemption, train
 
 FLAGS = flags.FLAGS
 
@@ -91,11 +92,13 @@ def _config():
 
 
 class _QuietLibraries:
-  """Drops Orbax's INFO chatter (and its warning on every read-only open); other warnings show."""
+  """Drops Orbax's INFO chatter (and its warning on every read-only open); other warnings show, and
+  its errors as one line each (a failed save is reported by our own ``error:`` line, which says why)."""
 
   def filter(self, record):
     if "orbax" not in record.pathname:
       return True
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
     return record.levelno >= 30 and not record.getMessage().startswith("Given directory is read only")
 
 
@@ -108,6 +111,9 @@ def main(argv):
     modes.run(_config(), FLAGS.workdir, FLAGS.mode)
   except (experiment.ConfigError, train.TrainingError) as e:
     _fail(e)
+  except preemption.Preempted as e:  # SIGTERM: the state is saved; the same command resumes it
+    print(_one_line(e), file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_STATUS)
 
 
 if __name__ == "__main__":

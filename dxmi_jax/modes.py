@@ -4,8 +4,8 @@
             present, else starts from config.init.* (pretrained weights; with
             config.init.pretrain_first, a DDPM pretrained into the workdir first) or from scratch
   pretrain  DDPM epsilon-prediction pretraining of the policy network (<workdir>/pretrain)
-  sample    restore the latest checkpoint and write <workdir>/samples.npz
-  eval      restore the latest checkpoint and write an evaluation record
+  sample    restore the newest checkpoint that restores (docs/faults.md) and write <workdir>/samples.npz
+  eval      the same, and write an evaluation record
   score     energies of config.score.input's rows under the latest checkpoint, into
             config.score.output: a mode that a project provides (``register``; the anomaly
             project's is dxmi_jax/proj/anomaly/score.py)
@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import evaluators, experiment, io, parallel, projects, sampling, train, writers
+from dxmi_jax import evaluators, experiment, io, parallel, preemption, projects, sampling, train, writers
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
 #: modes that projects implement: name -> {project: fn(config, workdir)}
@@ -44,14 +44,23 @@ VECTOR_EVAL_METRICS = ("sw", "auc")
 
 
 def run(config, workdir: str, mode: str = "train"):
+  """Runs ``mode``; in train/pretrain SIGTERM saves and stops at an iteration boundary, raising
+  ``preemption.Preempted`` (docs/faults.md)."""
   if mode not in MODES:
     raise experiment.ConfigError(f"--mode: expected one of {MODES}, got {mode!r}")
   if not workdir:
     raise experiment.ConfigError("--workdir: required")
   try:
-    parallel.maybe_initialize_distributed()
+    parallel.maybe_initialize_distributed()  # first: the SIGTERM watcher asks how many processes there are
   except ValueError as e:
     raise experiment.ConfigError(str(e)) from None
+  if mode in ("train", "pretrain"):
+    with preemption.watch():
+      return _run(config, workdir, mode)
+  return _run(config, workdir, mode)
+
+
+def _run(config, workdir: str, mode: str):
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)  # one log: process 0's
   projects.load(config)
@@ -76,16 +85,18 @@ def run(config, workdir: str, mode: str = "train"):
     )
   except ValueError as e:
     raise experiment.ConfigError(f"--workdir: {e}; it must be a directory every host shares") from None
-  pretrained = None
+  pretrained, step = None, None
   if mode in ("sample", "eval"):
     if latest is None:
       raise experiment.ConfigError(
         f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} to {mode} from (train first)"
       )
-    _check_checkpoint_fits(exp, workdir)
+    step = usable_checkpoint(exp.abstract_state(), workdir, move_aside=False)
   elif mode == "train":
     if latest is not None:
-      _check_checkpoint_fits(exp, workdir)
+      # damaged newer ones move aside: Orbax would refuse to save their steps again
+      step = usable_checkpoint(exp.abstract_state(), workdir, move_aside=True)
+      _check_best_restores(workdir, exp.config.training.best_metric)
       if config.init.policy_checkpoint or config.init.value_checkpoint:
         logging.warning("%s has checkpoints: resuming from them; config.init.* is ignored", workdir)
     else:
@@ -100,8 +111,56 @@ def run(config, workdir: str, mode: str = "train"):
 
     return pretrain.pretrain(exp, workdir)
   if mode == "sample":
-    return sample(exp, workdir)
-  return evaluate_checkpoint(exp, workdir)
+    return sample(exp, workdir, step)
+  return evaluate_checkpoint(exp, workdir, step)
+
+
+def usable_checkpoint(abstract_state, workdir, move_aside: bool) -> int:
+  """The step to restore: ``checkpoint.select``'s newest checkpoint that restores and fits.
+
+  One warning line per damaged newer checkpoint (its step and why); with ``move_aside``
+  (training) process 0 renames each to ``<step>.damaged`` first.  ConfigError (nothing
+  changed) when none restores or they do not fit the configured architecture.
+  """
+  ckdir = os.path.join(workdir, "checkpoints")
+  try:
+    sel = ckpt_lib.select(workdir, abstract_state)
+  except ckpt_lib.UnusableCheckpoints as e:
+    raise experiment.ConfigError(f"--workdir: {e}; nothing was changed") from None
+  except ckpt_lib.CheckpointMismatch as e:
+    raise experiment.ConfigError(
+      f"--workdir: the checkpoint in {ckdir} does not fit the configured architecture "
+      f"({str(e).split(': ', 1)[1]}); use the config it was trained with or a new workdir"
+    ) from None
+  try:
+    parallel.check_same_on_all_processes(sel.step, f"the newest checkpoint under {ckdir} that restores")
+  except ValueError as e:
+    raise experiment.ConfigError(f"--workdir: {e}") from None
+  for step, reason in sel.damaged:
+    if move_aside and jax.process_index() == 0:
+      where = f"moved aside to {os.path.basename(ckpt_lib.move_aside(ckdir, step))}"
+    else:
+      where = "left in place" if not move_aside else "moved aside by process 0"
+    logging.warning(
+      "checkpoint %d in %s does not restore (%s); %s; using step %d", step, ckdir, reason, where, sel.step
+    )
+  if move_aside and sel.damaged and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    multihost_utils.sync_global_devices("dxmi_jax: damaged checkpoints moved aside")
+  return sel.step
+
+
+def _check_best_restores(workdir, best_metric):
+  """A resumed run with best_metric: a damaged checkpoints_best is an error (it keeps one step)."""
+  if not best_metric or not ckpt_lib.committed_steps(workdir, best=True):
+    return
+  try:
+    ckpt_lib.select(workdir, best=True)
+  except ckpt_lib.UnusableCheckpoints as e:
+    raise experiment.ConfigError(
+      f"--workdir: {e}; move it aside (or delete it) to go on without it; nothing was changed"
+    ) from None
 
 
 def _pretrain_if_missing(exp, workdir):
@@ -156,27 +215,17 @@ def validate_run(config, exp):
       )
 
 
-def _check_checkpoint_fits(exp, workdir):
-  problem = ckpt_lib.check_compatible(workdir, exp.abstract_state())
-  if problem:
-    raise experiment.ConfigError(
-      f"--workdir: the checkpoint in {os.path.join(workdir, 'checkpoints')} does not fit the configured "
-      f"architecture ({problem}); use the config it was trained with or a new workdir"
-    )
-
-
-def _restore_latest(exp, workdir):
+def _restore(exp, workdir, step=None):
+  """The state of checkpoint ``step`` (default: the newest that restores, ``usable_checkpoint``)."""
+  if step is None:
+    step = usable_checkpoint(exp.abstract_state(), workdir, move_aside=False)
   mesh = parallel.make_mesh()
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    state, _, _ = train.restore_or_init(exp, workdir, mesh, ckpt)
-  finally:
-    ckpt.close()
+  state, _ = ckpt_lib.restore_step(workdir, step, train.abstract_on(exp, mesh))
   return state, mesh
 
 
-def evaluate_checkpoint(exp, workdir):
-  state, _ = _restore_latest(exp, workdir)
+def evaluate_checkpoint(exp, workdir, step=None):
+  state, _ = _restore(exp, workdir, step)
   # its own file: the training run's metrics.jsonl already holds the final evaluation of this step
   writer = writers.MetricWriter(os.path.join(workdir, "eval"), tensorboard=False)
   step = int(jax.device_get(state.step))
@@ -188,9 +237,9 @@ def evaluate_checkpoint(exp, workdir):
 
 
 # ------------------------------------------------------------------------ sample
-def sample(exp, workdir):
-  """Writes <workdir>/samples.npz from the latest checkpoint (arr_0; arr_1 labels if conditional)."""
-  state, mesh = _restore_latest(exp, workdir)
+def sample(exp, workdir, step=None):
+  """Writes <workdir>/samples.npz from the newest checkpoint that restores (arr_0; arr_1 labels if conditional)."""
+  state, mesh = _restore(exp, workdir, step)
   if not exp.is_vector:
     return _sample_images(exp, state, workdir, mesh)
   sc = exp.config.sample

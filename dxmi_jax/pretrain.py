@@ -6,20 +6,33 @@ with the network's time input the integer k as a float, i.e. the same time axis 
 the VAR sampler's continuous timesteps.  Adam with linear warm-up and an EMA of
 the weights; the EMA weights are saved to ``<workdir>/pretrain`` and are what
 ``config.init.policy_checkpoint=<workdir>`` loads.
+
+On SIGTERM (``preemption``) pretraining stops after the current iteration and saves
+its whole state (weights, EMA, optimiser state, iteration) to
+``<workdir>/pretrain_resume``; the next run continues from there bit for bit (the
+batch and the key of iteration i are functions of i) and removes it when done.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
+from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import compiler, parallel, writers
+from dxmi_jax import compiler, io, parallel, preemption, writers
 from dxmi_jax.policies.schedules import ddpm_schedule
+
+
+#: where a pretraining stopped by SIGTERM keeps its state (inside the workdir)
+RESUME_DIR = "pretrain_resume"
 
 
 def ddpm_loss(net, params, x0, key, y=None):
@@ -67,10 +80,22 @@ def pretrain(exp, workdir: str):
     donate_argnums=(0, 1, 2),
     compiler_options=compiler.options(cfg.perf),
   )
+  resume_dir = os.path.join(workdir, RESUME_DIR)
+  start = 0
+  if os.path.exists(os.path.join(resume_dir, "meta.json")):  # stopped by SIGTERM: continue where it stopped
+    abstract = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), {"params": params, "ema": ema, "opt": opt_state}
+    )
+    saved = ocp.StandardCheckpointer().restore(os.path.join(resume_dir, "state"), abstract)
+    params, ema, opt_state = saved["params"], saved["ema"], saved["opt"]
+    start = int(json.load(open(os.path.join(resume_dir, "meta.json")))["step"])
+    logging.info("resuming pretraining from iteration %d (%s)", start, resume_dir)
   writer = writers.MetricWriter(os.path.join(workdir, "pretrain_logs"), tensorboard=False)
+  writer.truncate_after(start)
+  watcher = preemption.current()
   t0 = time.time()
-  progress = writers.Progress(pc.num_iters, 0)
-  for i in range(pc.num_iters):
+  progress = writers.Progress(pc.num_iters, start)
+  for i in range(start, pc.num_iters):
     local = exp.data.local_batch(i, pc.batch_size)
     batch = parallel.global_batch_from_local(local, mesh)
     params, ema, opt_state, loss = step_fn(params, ema, opt_state, batch, jax.random.fold_in(run_key, i))
@@ -78,6 +103,12 @@ def pretrain(exp, workdir: str):
       rec = {"pretrain/loss": float(loss), **progress(i + 1)}
       writer.write(i + 1, rec)
       writers.log_line(i + 1, pc.num_iters, rec, ("pretrain/loss",))
+    if i + 1 < pc.num_iters and watcher.should_stop(i + 1):
+      writer.close()
+      _save_resume_point(resume_dir, i + 1, {"params": params, "ema": ema, "opt": opt_state})
+      raise preemption.Preempted(
+        f"preempted: saved pretraining iteration {i + 1} in {resume_dir}; run the same command to resume from it"
+      )
   writer.close()
   out = os.path.join(workdir, "pretrain")
   if jax.process_index() == 0:
@@ -87,4 +118,16 @@ def pretrain(exp, workdir: str):
       {"kind": "ddpm_pretrain", "num_iters": pc.num_iters, "arch": cfg.policy.net.arch, "seconds": time.time() - t0},
     )
     print(f"pretrained DDPM ({pc.num_iters} iterations, {time.time() - t0:.0f} s) saved to {out}", flush=True)
+    shutil.rmtree(resume_dir, ignore_errors=True)  # (after the result is saved)
   return out
+
+
+def _save_resume_point(resume_dir, step, tree):
+  """The whole pretraining state, replacing an older resume point; meta.json (written last) names its iteration."""
+  if jax.process_index() == 0 and os.path.exists(resume_dir):
+    shutil.rmtree(resume_dir)
+  ckptr = ocp.StandardCheckpointer()  # every process calls it (Orbax coordinates them)
+  ckptr.save(os.path.join(resume_dir, "state"), tree)
+  ckptr.wait_until_finished()
+  if jax.process_index() == 0:
+    io.atomic_write_json(os.path.join(resume_dir, "meta.json"), {"step": int(step)})

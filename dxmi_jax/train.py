@@ -22,6 +22,12 @@ that evaluation metric also under checkpoints_best/ (direction: ``min:NAME`` /
 ``max:NAME``, or by name, see ``checkpoint.HIGHER_IS_BETTER``).  A finished run
 started again does nothing (use --mode=eval to re-evaluate).
 
+Faults (docs/faults.md): the resume point is the newest checkpoint that restores
+(``checkpoint.select``, chosen by ``modes.run``); a failed save or a refused write
+stops the run with a TrainingError naming the workdir, its free space and the last
+complete checkpoint; SIGTERM (``preemption``) saves the step reached and raises
+``preemption.Preempted``, dropping an evaluation in flight, which the restart runs.
+
 Multi-host: every process runs this same loop on its slice of each global batch
 (``parallel``); all of them save and restore (Orbax coordinates them); only
 process 0 writes metrics, TensorBoard, figures and logs at INFO.
@@ -29,6 +35,7 @@ process 0 writes metrics, TensorBoard, figures and logs at INFO.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Dict
@@ -38,10 +45,12 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import compiler, dxmi, evaluators, io, parallel, projects, writers
+from dxmi_jax import compiler, dxmi, evaluators, io, parallel, preemption, projects, writers
 from dxmi_jax.data.loader import prefetch_to_device
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
+#: OS errors of a write that storage refused (full, over quota, read-only, failing): one error line
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 
 
 class TrainingError(RuntimeError):
@@ -88,17 +97,21 @@ def initial_state(exp, mesh, pretrained=None):
   return jax.device_put(state, jax.tree.unflatten(jax.tree.structure(state), leaf_shardings))
 
 
-def _abstract_on(exp, mesh):
+def abstract_on(exp, mesh):
+  """exp.abstract_state() with each leaf's sharding on ``mesh`` (``state_shardings``)."""
   abstract = exp.abstract_state()
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_shardings(exp, mesh, abstract)
   )
 
 
-def restore_or_init(exp, workdir, mesh, ckpt, pretrained=None):
-  """(state, step, meta) from the latest checkpoint, or a fresh state at step 0 (meta None)."""
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(_abstract_on(exp, mesh))
+def restore_or_init(exp, workdir, mesh, ckpt, pretrained=None, step=None):
+  """(state, step, meta) from checkpoint ``step`` (default: the latest), or a fresh state at step 0
+  (meta None) when there is none.  ``modes.run`` has chosen ``step`` by ``checkpoint.select``
+  (the newest that restores) and moved damaged newer ones aside."""
+  step = ckpt.latest_step() if step is None else step
+  if step is not None:
+    state, meta = ckpt.restore(abstract_on(exp, mesh), step=step)
     return state, int(meta["step"]), meta
   return initial_state(exp, mesh, pretrained), 0, None
 
@@ -153,6 +166,12 @@ def data_position(config, step: int) -> Dict:
 
 # ------------------------------------------------------------------------- train
 def train_and_evaluate(exp, workdir: str, pretrained=None) -> Dict[str, float]:
+  """Trains from the latest checkpoint (or from scratch) to config.training.num_iters.
+
+  Raises TrainingError when the run cannot go on (a save or write failed: the message
+  names the workdir, its free space and the last complete checkpoint), and
+  preemption.Preempted after saving on SIGTERM.
+  """
   config = exp.config
   tc = config.training
   mesh = parallel.make_mesh()
@@ -160,27 +179,59 @@ def train_and_evaluate(exp, workdir: str, pretrained=None) -> Dict[str, float]:
     workdir, keep=tc.keep_checkpoints, best_metric=tc.best_metric, async_save=tc.async_checkpoints
   )
   try:
-    state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
-    if meta is not None:
-      logging.info("resuming from step %d", start)
-      _warn_if_data_changed(config, meta)
-      if start >= tc.num_iters:
-        logging.info(
-          "the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
-          "(raise num_iters to continue; --mode=eval to re-evaluate)",
-          start,
-          tc.num_iters,
-        )
-        return dict(meta.get("metrics", {}))
-    ckpt.prune_after(start)
-    return _train_loop(exp, workdir, mesh, ckpt, state, start)
-  finally:
-    ckpt.close()  # waits for pending asynchronous saves, also when the loop failed
+    try:
+      result = _resume_and_train(exp, workdir, mesh, ckpt, pretrained)
+    except BaseException:
+      ckpt.close(quiet=True)  # the error under way is the one to report
+      raise
+    ckpt.close()  # waits for pending asynchronous saves
+    return result
+  except ckpt_lib.SaveError as e:
+    raise TrainingError(str(e)) from None
+  except OSError as e:  # a write of the loop's own (metrics, TensorBoard, figures): e.g. the disk is full
+    if e.errno not in _STORAGE_ERRNOS:
+      raise
+    last = ckpt_lib.latest_step(workdir)
+    raise TrainingError(
+      f"writing to the workdir {workdir} failed ({type(e).__name__}: {e}); it has "
+      f"{ckpt_lib.free_space(workdir)} free; the last complete checkpoint is "
+      f"{'step ' + str(last) if last is not None else 'none'}; free some space (or fix the storage) and run "
+      f"the same command again to resume from it"
+    ) from None
 
 
-def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
+def _resume_and_train(exp, workdir, mesh, ckpt, pretrained):
+  tc = exp.config.training
+  state, start, meta = restore_or_init(exp, workdir, mesh, ckpt, pretrained)
+  pending_eval = meta is not None and _eval_pending(workdir, meta)
+  if meta is not None:
+    logging.info("resuming from step %d", start)
+    _warn_if_data_changed(exp.config, meta)
+    if start >= tc.num_iters and not pending_eval:
+      logging.info(
+        "the checkpoint is at step %d >= config.training.num_iters=%d: nothing to train "
+        "(raise num_iters to continue; --mode=eval to re-evaluate)",
+        start,
+        tc.num_iters,
+      )
+      return dict(meta.get("metrics", {}))
+  ckpt.prune_after(start)
+  return _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval)
+
+
+def _eval_pending(workdir, meta) -> bool:
+  """The checkpoint was saved on SIGTERM with its evaluation dropped, and no later run has done it."""
+  if not meta.get("eval_pending"):
+    return False
+  path = os.path.join(workdir, "metrics.jsonl")
+  done = [r for r in writers.read_jsonl(path) if r.get("kind") == "eval" and r.get("step") == meta["step"]]
+  return not done
+
+
+def _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval=False) -> Dict[str, float]:
   config = exp.config
   tc = config.training
+  watcher = preemption.current()
   writer = writers.MetricWriter(workdir, purge_step=start + 1 if start else None)
   try:
     writer.truncate_after(start)
@@ -189,12 +240,27 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
     train_step = compile_train_step(exp, mesh)
     evals = evaluators.build(exp)
     t0 = time.time()
+    if pending_eval:  # dropped by SIGTERM before the checkpoint at ``start`` was saved: done now
+      metrics = _evaluate_or_drop(exp, evals, state, workdir, start, writer, watcher, final=start >= tc.num_iters)
+      if metrics is None:
+        raise preemption.Preempted(f"preempted during the evaluation of step {start}; it is done on restart")
+      ckpt.save_best(start, state, metrics, _save_meta(exp, start, start >= tc.num_iters))
+      if start >= tc.num_iters:
+        ckpt.wait()
+        writer.close()
+        if jax.process_index() == 0:
+          _announce(workdir, metrics, time.time() - t0, _start_record(workdir), exp)
+        return metrics
     # the starting sampler (e.g. the pretrained DDPM), saved too so that best-by-metric can pick it;
     # not again after a resume from that checkpoint, and not when the final evaluation is step 0
     if start == 0 and tc.eval_at_start and tc.num_iters > 0 and ckpt.latest_step() is None:
-      start_metrics = evaluate(exp, evals, state, workdir, 0, writer, final=False)
+      start_metrics = _evaluate_or_drop(exp, evals, state, workdir, 0, writer, watcher, final=False)
+      if start_metrics is None:
+        raise preemption.Preempted("preempted during the evaluation of step 0; nothing to save yet")
       if tc.best_metric:
         _save(ckpt, exp, 0, state, start_metrics)
+    if watcher.requested:  # during compilation (or restore): nothing trained since the checkpoint
+      raise preemption.Preempted(f"preempted before training; the checkpoint of step {start} stands")
     progress = writers.Progress(tc.num_iters, start)
     check_every = max(1, min(tc.log_every, tc.max_consecutive_skips))
     last_metrics, skipped = {}, int(jax.device_get(state.skipped))
@@ -216,34 +282,64 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start) -> Dict[str, float]:
         last_metrics = flat
       if done == tc.num_iters:
         break
+      if watcher.should_stop(done):  # every process, every step (the multi-process sync point)
+        _save_and_stop(ckpt, exp, done, state, writer, eval_pending=bool(tc.eval_every and done % tc.eval_every == 0))
       eval_metrics = {}
       if tc.eval_every and done % tc.eval_every == 0:
-        eval_metrics = evaluate(exp, evals, state, workdir, done, writer, final=False)
+        eval_metrics = _evaluate_or_drop(exp, evals, state, workdir, done, writer, watcher, final=False)
+        if eval_metrics is None:
+          _save_and_stop(ckpt, exp, done, state, writer, eval_pending=True)
       if done % tc.checkpoint_every == 0 or eval_metrics:
         _save(ckpt, exp, done, state, eval_metrics)
-    final = evaluate(exp, evals, state, workdir, tc.num_iters, writer, final=True)
+    final = _evaluate_or_drop(exp, evals, state, workdir, tc.num_iters, writer, watcher, final=True)
+    if final is None:
+      _save_and_stop(ckpt, exp, tc.num_iters, state, writer, eval_pending=True)
     _save(ckpt, exp, tc.num_iters, state, final, final=True)
     ckpt.wait()
-  finally:
-    writer.close()
+  except BaseException:
+    writer.close(quiet=True)  # the error under way is the one to report
+    raise
+  writer.close()
   if jax.process_index() == 0:
     _announce(workdir, final, time.time() - t0, _start_record(workdir), exp)
   return dict(last_metrics, **final)
 
 
-def _save(ckpt, exp, step, state, metrics, final=False):
+def _evaluate_or_drop(exp, evals, state, workdir, step, writer, watcher, final):
+  """``evaluate``, or None if SIGTERM arrived during it (one process: the evaluation is dropped)."""
   try:
-    ckpt.save(
-      step,
-      state,
-      metrics=metrics,
-      meta={
-        "data_position": data_position(exp.config, step),
-        "final": final,
-        "config": exp.config.to_json_best_effort(),
-        **exp.data.checkpoint_meta(),
-      },
-    )
+    with watcher.interruptible():
+      return evaluate(exp, evals, state, workdir, step, writer, final=final)
+  except preemption.EvaluationInterrupted:
+    logging.warning("SIGTERM during the evaluation of step %d: dropped (done again on restart)", step)
+    return None
+
+
+def _save_and_stop(ckpt, exp, step, state, writer, eval_pending=False):
+  """On preemption: save ``step`` (unless saved already), wait for it, flush the logs, raise Preempted."""
+  if ckpt.latest_step() != step:
+    _save(ckpt, exp, step, state, {}, eval_pending=eval_pending)
+  ckpt.wait()
+  writer.close()
+  raise preemption.Preempted(
+    f"preempted: saved checkpoint {step} in {os.path.join(ckpt.workdir, 'checkpoints')}; "
+    f"run the same command to resume from it"
+  )
+
+
+def _save_meta(exp, step, final=False, eval_pending=False):
+  return {
+    "data_position": data_position(exp.config, step),
+    "final": final,
+    "eval_pending": eval_pending,
+    "config": exp.config.to_json_best_effort(),
+    **exp.data.checkpoint_meta(),
+  }
+
+
+def _save(ckpt, exp, step, state, metrics, final=False, eval_pending=False):
+  try:
+    ckpt.save(step, state, metrics=metrics, meta=_save_meta(exp, step, final, eval_pending))
   except ckpt_lib.NonFiniteStateError as e:
     raise TrainingError(f"{e}; the last good checkpoint is step {ckpt.latest_step()}") from None
 

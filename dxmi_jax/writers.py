@@ -1,8 +1,8 @@
 """Metric writers: metrics.jsonl (the contract), TensorBoard events, progress lines.
 
-Only process 0 writes.  TensorBoard files come from tensorboardX, which needs
-neither TensorFlow nor tensorboard (clu.metric_writers would need both);
-``read_tensorboard_scalars`` reads them back the same way.
+Only process 0 writes.  TensorBoard files are written by ``EventFile`` with tensorboardX's protos
+(neither TensorFlow nor tensorboard needed; clu.metric_writers would need both), in
+the calling thread, whole records only; ``read_tensorboard_scalars`` reads them back.
 Per-step vectors (e.g. ``value/step`` of length T) are expanded into scalars
 ``value/step_0`` ... as the official trainers log them.
 
@@ -69,6 +69,23 @@ def read_jsonl(path: str) -> List[Dict]:
   return out
 
 
+def _append_whole(path: str, data: bytes):
+  """Appends ``data`` to ``path`` entirely or not at all: a failed write (e.g. a full disk) is cut back
+  off, so the file never ends in a half-written line.  Raises the OSError."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    end = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+      while view:
+        view = view[os.write(fd, view) :]
+    except OSError:
+      os.ftruncate(fd, end)
+      raise
+  finally:
+    os.close(fd)
+
+
 class MetricWriter:
   """Appends JSON records to <workdir>/metrics.jsonl and scalars to TensorBoard.
 
@@ -83,9 +100,7 @@ class MetricWriter:
     if self.active:
       os.makedirs(workdir, exist_ok=True)
     if self.active and tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30, purge_step=purge_step)
+      self._tb = EventFile(os.path.join(workdir, "tensorboard"), purge_step=purge_step)
 
   def truncate_after(self, step: int):
     """On resume: drop records of steps > ``step`` (written after the restored checkpoint)."""
@@ -99,33 +114,104 @@ class MetricWriter:
       return
     rec = {"step": int(step), "kind": kind}
     rec.update({k: (None if not math.isfinite(v) else v) if isinstance(v, float) else v for k, v in metrics.items()})
-    with open(self.path, "a") as f:
-      f.write(json.dumps(rec) + "\n")
-      f.flush()
+    _append_whole(self.path, (json.dumps(rec) + "\n").encode("utf-8"))
     if self._tb is not None:
       prefix = "" if kind == "train" else f"{kind}/"
       for k, v in metrics.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
           self._tb.add_scalar(prefix + k, v, step)
+      self._tb.flush()  # one append per record: on disk for a resume after a kill
 
   def image(self, tag: str, image_hwc_uint8: np.ndarray, step: int):
     if self._tb is not None:
       self._tb.add_image(tag, image_hwc_uint8, step, dataformats="HWC")
+      self._tb.flush()
 
   def flush(self):
     if self._tb is not None:
       self._tb.flush()
 
+  def close(self, quiet: bool = False):
+    """Writes the TensorBoard events still held and closes.  If that fails (e.g. the disk is full)
+    the events file keeps only whole events and the error is raised (not with ``quiet``: when
+    closing after another error, which is the one to report)."""
+    if self._tb is None:
+      return
+    tb, self._tb = self._tb, None
+    try:
+      tb.close()
+    except OSError:
+      if not quiet:
+        raise
+
+
+class EventFile:
+  """TensorBoard events (the TFRecord files TensorBoard reads), written by the calling thread.
+
+  Not tensorboardX's SummaryWriter: its writer thread dies on a write error (a full disk)
+  and the next ``add_scalar`` then blocks forever on its full queue.  Here events are
+  serialised with tensorboardX's summary protos, held, and appended at each ``flush``
+  (MetricWriter: once per record), whole or not at all (``_append_whole``): a failed
+  write raises here, in the loop, and leaves no torn record.  ``purge_step`` marks a restart as
+  SummaryWriter's does (TensorBoard hides older events at steps >= it).
+  """
+
+  def __init__(self, logdir: str, purge_step: Optional[int] = None):
+    import socket  # pylint: disable=import-outside-toplevel
+
+    os.makedirs(logdir, exist_ok=True)
+    trim_torn_events(logdir)  # a run killed mid-append (SIGKILL) may have left half a record
+    self.logdir = logdir
+    self.path = os.path.join(logdir, f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}")
+    self._held: List[bytes] = []
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+    self._event(file_version="brain.Event:2", step=purge_step or 0)
+    if purge_step is not None:
+      self._event(step=purge_step, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+    self.flush()
+
+  def _event(self, **fields):
+    from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+    from tensorboardX.record_writer import masked_crc32c as masked  # pylint: disable=import-outside-toplevel
+
+    data = event_pb2.Event(wall_time=time.time(), **fields).SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._held.append(header + struct.pack("<I", masked(header)) + data + struct.pack("<I", masked(data)))
+
+  def add_scalar(self, tag: str, value: float, step: int):
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+    self._event(step=int(step), summary=summary.scalar(tag, float(value)))
+
+  def add_image(self, tag: str, image, step: int, dataformats: str = "HWC"):
+    from tensorboardX import summary  # pylint: disable=import-outside-toplevel
+
+    self._event(step=int(step), summary=summary.image(tag, image, dataformats=dataformats))
+
+  def flush(self):
+    if self._held:
+      _append_whole(self.path, b"".join(self._held))
+      self._held = []
+
   def close(self):
-    if self._tb is not None:
-      self._tb.flush()
-      self._tb.close()
-      self._tb = None
+    self.flush()
+
+
+def trim_torn_events(logdir: str):
+  """Cuts a torn last record (a write cut short: full disk, killed process) off each event file in ``logdir``."""
+  for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+    end, size = _complete_length(path), os.path.getsize(path)
+    if end < size:
+      with open(path, "r+b") as f:
+        f.truncate(end)
+      logging.warning("%s: cut a torn last event (%d bytes)", path, size - end)
 
 
 # ------------------------------------------------------------ TensorBoard reader
-def _records(path: str):
-  """The payloads of a TFRecord file (length, masked crc, data, masked crc), CRCs checked."""
+def _records(path: str, offsets: bool = False):
+  """The payloads of a TFRecord file (length, masked crc, data, masked crc), CRCs checked;
+  with ``offsets``, (payload, end offset of its record)."""
   from tensorboardX.record_writer import masked_crc32c as masked  # pylint: disable=import-outside-toplevel
 
   with open(path, "rb") as f:
@@ -141,7 +227,18 @@ def _records(path: str):
         return  # a truncated last record (writer killed)
       if struct.unpack("<I", footer)[0] != masked(data):
         raise ValueError(f"{path}: corrupt record")
-      yield data
+      yield (data, f.tell()) if offsets else data
+
+
+def _complete_length(path: str) -> int:
+  """The length of the leading complete records of an event file."""
+  complete = 0
+  try:
+    for _, end in _records(path, offsets=True):
+      complete = end
+  except ValueError:  # a corrupt record: keep what precedes it
+    pass
+  return complete
 
 
 def read_tensorboard_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, io, parallel
+from dxmi_jax import experiment, io, modes, parallel
 from dxmi_jax.errors import ConfigError
 from dxmi_jax.proj.anomaly import data as anomaly_data
 
@@ -79,7 +79,7 @@ def check_inputs(config, workdir):
     raise ConfigError(
       f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} to score with (train first)"
     )
-  meta = ckpt_lib.read_meta(workdir)
+  meta = ckpt_lib.read_meta(workdir, modes.usable_checkpoint(None, workdir, move_aside=False))
   if "data_transform" not in meta:
     raise ConfigError(
       f"--workdir: the checkpoint in {workdir} was not trained on npz vector data "
@@ -116,14 +116,9 @@ def run(config, workdir: str):
   problem = ckpt_lib.check_compatible(workdir, exp.abstract_state())
   if problem:
     raise ConfigError(f"--workdir: the checkpoint does not fit the network of its saved config ({problem})")
-  mesh = parallel.make_mesh()
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    repl = parallel.replicated(mesh)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
-    state, _ = ckpt.restore(abstract)
-  finally:
-    ckpt.close()
+  repl = parallel.replicated(parallel.make_mesh())
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=repl), exp.abstract_state())
+  state, _ = ckpt_lib.restore_step(workdir, ckpt_lib.select(workdir).step, abstract)  # the newest that restores
   energy_fn = exp.energy_fn(parallel.to_host(state))
   if maps:
     image, pixel = map_scores(energy_fn, transform, x, config.score.batch_size)
