@@ -12,7 +12,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dxmi_jax import experiment, modes, train
+from dxmi_jax import errors, experiment, modes
 
 FLAGS = flags.FLAGS
 
@@ -106,7 +106,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     modes.run(_config(), FLAGS.workdir, FLAGS.mode)
-  except (experiment.ConfigError, train.TrainingError) as e:
+  except (experiment.ConfigError, errors.TrainingError) as e:
     _fail(e)
 
 

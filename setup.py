@@ -33,6 +33,8 @@ setup(
     "pillow>=10",
     # The official YAML configs (python -m dxmi_jax.convert --yaml); flax already needs it.
     "pyyaml>=6",
+    # Progress bars of the benchmark scripts (benchmarks/); tensorflow-datasets already depends on it.
+    "tqdm>=4.60",
   ],
   extras_require={
     # ruff: the formatter and linter the README's test command runs (pyproject.toml); pinned, since

@@ -40,12 +40,9 @@ from absl import logging
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import compiler, dxmi, evaluators, io, parallel, writers
 from dxmi_jax.data.loader import prefetch_to_device
+from dxmi_jax.errors import TrainingError
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (e.g. repeated non-finite losses); the message says why."""
 
 
 # ------------------------------------------------------------------------ state
