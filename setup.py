@@ -39,7 +39,9 @@ setup(
   extras_require={
     # ruff: the formatter and linter the README's test command runs (pyproject.toml); pinned, since
     # formatting changes between releases.
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+    # setuptools: tests/test_wheelhouse.py builds our wheel offline (--no-build-isolation); 70.1 is the first
+    # release that builds wheels without the separate `wheel` package, and Python 3.12 venvs come without it.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "setuptools>=70.1"],
     # The CPU wheel of torch 2.13.0 is what these machines carry; an unpinned
     # torch pulls several GB of CUDA packages.  Only the checkpoint converters need it.
     "convert": ["torch==2.13.0"],
