@@ -3,12 +3,12 @@
 On a machine with internet, from a clone of the repository:
 
     python -m dxmi_jax.wheelhouse download --dest=wheelhouse --python-version=3.12 \\
-        --platform=manylinux_2_28_x86_64 --skip=jax --skip=jaxlib [--extras=test]
+        --platform=manylinux_2_28_x86_64 --skip=jax==0.12.0.1 --skip=jaxlib==0.12.0.1 [--extras=test]
 
 resolves our dependencies for the *target* interpreter and platform (not this machine's), leaves out the
-packages the node already has (``--skip=NAME`` or ``--skip=NAME==VERSION``: a version pins the
-resolution to what the node has, so that every other wheel is compatible with it), downloads the
-rest as wheels, and builds the wheel of dxmi-jax itself. Copy the folder to the node, then there:
+packages the node already has (``--skip=NAME==VERSION``, the node's version, so that every other wheel
+is chosen to work with it; ``--skip=NAME`` resolves against the newest), downloads the rest as wheels,
+and builds the wheel of dxmi-jax itself. Copy the folder to the node, then there:
 
     python -m pip install --no-index --find-links=wheelhouse dxmi-jax[test]
 
@@ -82,9 +82,33 @@ def parse_skip(skips):
   return names, pins
 
 
+_LEGACY_MANYLINUX = {"manylinux2014": (2, 17), "manylinux2010": (2, 12), "manylinux1": (2, 5)}
+
+
+def expand_platforms(platforms):
+  """Every tag a node of these platforms accepts.  pip takes ``--platform`` literally, so a node with
+  glibc 2.28 (``manylinux_2_28_x86_64``) must also list manylinux_2_27 ... 2_17 and their legacy names,
+  or a wheel such as jaxlib's ``manylinux_2_27`` is missed and the resolver silently picks an older
+  release that has a tag it knows."""
+  out = []
+  for p in platforms:
+    m = re.fullmatch(r"manylinux_(\d+)_(\d+)_(\w+)", p)
+    legacy = re.fullmatch(r"(manylinux2014|manylinux2010|manylinux1)_(\w+)", p)
+    if m:
+      major, minor, arch = int(m.group(1)), int(m.group(2)), m.group(3)
+    elif legacy:
+      (major, minor), arch = _LEGACY_MANYLINUX[legacy.group(1)], legacy.group(2)
+    else:
+      out.append(p)
+      continue
+    out += [f"manylinux_{major}_{y}_{arch}" for y in range(minor, 4, -1)]
+    out += [f"{name}_{arch}" for name, (_, y) in _LEGACY_MANYLINUX.items() if y <= minor]
+  return list(dict.fromkeys(out))
+
+
 def target_args(python_version, platforms, implementation="cp"):
   args = ["--only-binary=:all:", f"--python-version={python_version}", f"--implementation={implementation}"]
-  return args + [f"--platform={p}" for p in platforms]
+  return args + [f"--platform={p}" for p in expand_platforms(platforms)]
 
 
 def _pip(args, what):
@@ -95,18 +119,10 @@ def _pip(args, what):
     raise WheelhouseError(f"{what} failed (pip exit status {proc.returncode}); see pip's output above")
 
 
-def resolve(reqs, pins, target, report):
-  """Resolve for the target with pip's dry run: [(name, version)] of every wheel it would install."""
-  with tempfile.TemporaryDirectory() as unused_target:
-    _pip(
-      ["install", "--dry-run", "--quiet", "--ignore-installed", "--report", str(report), "--target", unused_target]
-      + target
-      + reqs
-      + pins,
-      "resolving the dependencies",
-    )
-  data = json.loads(pathlib.Path(report).read_text())
-  return [(item["metadata"]["name"], item["metadata"]["version"]) for item in data["install"]]
+def wheel_name_version(filename):
+  """(canonical project name, version) of a wheel file name."""
+  name, version = pathlib.Path(filename).name.split("-")[:2]
+  return canonical(name), version
 
 
 # Dependencies published only as source archives; pure Python, so a wheel built here installs anywhere.
@@ -124,17 +140,30 @@ def download(dest, python_version, platforms, skips=(), extras=(), build_own=Tru
     _pip(["wheel", "--no-deps", "--wheel-dir", str(dest), *sdist_only], "building the pure-Python wheels")
   target = target_args(python_version, platforms) + [f"--find-links={dest}"]
   reqs = [r for r in requirements(extras) if canonical(re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0]) not in names]
-  resolved = resolve(reqs, pins, target, dest / "resolution.json")
-  keep = [(n, v) for n, v in resolved if canonical(n) not in names]
-  left_out = sorted({canonical(n) for n, _ in resolved} & names)
-  if keep:
-    _pip(
-      ["download", "--no-deps", "--dest", str(dest)] + target + [f"{n}=={v}" for n, v in keep],
-      "downloading the wheels",
-    )
+  # pip download resolves for the target Python (pip install --dry-run checks Requires-Python against the
+  # running interpreter instead).  The left-out packages are downloaded with the rest, so that the
+  # resolution is the node's, then deleted.
+  with tempfile.TemporaryDirectory(dir=dest) as staging:
+    _pip(["download", "--dest", staging] + target + reqs + pins, "resolving and downloading the wheels")
+    resolved, keep, left_out = {}, [], set()
+    for whl in sorted(pathlib.Path(staging).glob("*.whl")):
+      name, version = wheel_name_version(whl.name)
+      resolved[name] = version
+      if name in names:
+        left_out.add(name)
+      else:
+        keep.append((name, version))
+        os.replace(whl, dest / whl.name)
+  (dest / "resolution.json").write_text(json.dumps(resolved, indent=1, sort_keys=True))
   if build_own:
     _pip(["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dest), str(REPO)], "building dxmi-jax")
-  return keep, left_out
+  return keep, sorted(left_out)
+
+
+def resolved_versions(dest, names):
+  """[(name, version)] that the resolution in ``dest`` chose for ``names`` (the left-out packages)."""
+  found = json.loads((pathlib.Path(dest) / "resolution.json").read_text())
+  return [(n, found[n]) for n in names if n in found]
 
 
 def install_command(wheelhouse, extras=(), python=sys.executable):
@@ -152,7 +181,7 @@ def main(argv=None):
     "--platform",
     action="append",
     default=None,
-    help="the node's platform tag(s), e.g. manylinux_2_28_x86_64 (repeatable; default: linux x86_64)",
+    help="the node's platform tag(s), e.g. manylinux_2_28_x86_64 (repeatable; older manylinux tags are implied)",
   )
   d.add_argument("--skip", action="append", default=[], help="NAME or NAME==VERSION the node already has")
   d.add_argument("--extras", default="", help="comma-separated extras of dxmi-jax, e.g. test")
@@ -165,12 +194,18 @@ def main(argv=None):
     if args.cmd == "download":
       if not re.fullmatch(r"3\.\d+", args.python_version):
         raise WheelhouseError(f"--python-version: expected MAJOR.MINOR such as 3.12, got {args.python_version!r}")
-      platforms = args.platform or ["manylinux_2_28_x86_64", "manylinux2014_x86_64", "linux_x86_64"]
+      platforms = args.platform or ["manylinux_2_28_x86_64"]
       keep, left_out = download(args.dest, args.python_version, platforms, args.skip, extras)
       size = sum(f.stat().st_size for f in pathlib.Path(args.dest).glob("*.whl"))
       print(
         f"{len(keep)} wheels + dxmi-jax in {args.dest}: {size / 2**20:.1f} MiB; left out: {', '.join(left_out) or '-'}"
       )
+      pinned = {canonical(p.split("==")[0]) for p in parse_skip(args.skip)[1]}
+      for name, version in resolved_versions(args.dest, left_out):
+        if name not in pinned:
+          print(
+            f"note: resolved against {name}=={version}; the node needs it, or pass --skip={name}==THE_NODES_VERSION"
+          )
       print("on the node: " + shlex.join(install_command(args.dest, extras, "python")))
     else:
       if not os.path.isdir(args.src):

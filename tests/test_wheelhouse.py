@@ -86,3 +86,20 @@ def test_our_wheel_builds_and_installs_without_an_index(tmp_path):
   assert pathlib.Path(path).is_relative_to(venv), path
   # Outside a clone the requirements come from the installed metadata: the same list.
   assert int(n) == len(wheelhouse.requirements())
+
+
+def test_a_node_platform_accepts_the_older_manylinux_tags():
+  tags = wheelhouse.expand_platforms(["manylinux_2_28_x86_64"])
+  assert tags[0] == "manylinux_2_28_x86_64" and "manylinux_2_27_x86_64" in tags  # jaxlib's tag
+  assert {"manylinux2014_x86_64", "manylinux1_x86_64", "manylinux_2_17_x86_64"} <= set(tags)
+  assert "manylinux_2_29_x86_64" not in tags and not any("aarch64" in t for t in tags)
+  assert wheelhouse.expand_platforms(["manylinux2014_aarch64"])[0] == "manylinux_2_17_aarch64"
+  assert wheelhouse.expand_platforms(["macosx_11_0_arm64"]) == ["macosx_11_0_arm64"]
+
+
+def test_wheel_names():
+  assert wheelhouse.wheel_name_version("orbax_checkpoint-0.12.8-py3-none-any.whl") == ("orbax-checkpoint", "0.12.8")
+  assert wheelhouse.wheel_name_version("/x/jaxlib-0.12.0.1-cp312-cp312-manylinux_2_27_x86_64.whl") == (
+    "jaxlib",
+    "0.12.0.1",
+  )
