@@ -36,13 +36,17 @@ setup(
     # Hugging Face diffusers folders (convert.from_diffusers / to_diffusers) read and write
     # .safetensors through safetensors.numpy, without torch; a small pure wheel.
     "safetensors>=0.4",
+    # Progress bars of the benchmark scripts (benchmarks/); tensorflow-datasets already depends on it.
+    "tqdm>=4.60",
   ],
   extras_require={
     # ruff: the formatter and linter the README's test command runs (pyproject.toml); pinned, since
     # formatting changes between releases.
     # diffusers: tests/test_diffusers.py builds UNet2DModels with it to check parity (it runs on the
     # torch of the convert extra; it pulls no CUDA packages itself).
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "diffusers>=0.30"],
+    # setuptools: tests/test_wheelhouse.py builds our wheel offline (--no-build-isolation); 70.1 is the first
+    # release that builds wheels without the separate `wheel` package, and Python 3.12 venvs come without it.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6", "diffusers>=0.30", "setuptools>=70.1"],
     # The CPU wheel of torch 2.13.0 is what these machines carry; an unpinned
     # torch pulls several GB of CUDA packages.  Only the checkpoint converters need it.
     "convert": ["torch==2.13.0"],

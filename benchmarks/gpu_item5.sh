@@ -4,7 +4,10 @@
 # memory, and the official CIFAR harness on the same GPU, back to back with ours.
 #
 #   bash benchmarks/gpu_item5.sh [OUT_DIR]        # default results/gpu
-#   OFFICIAL=/path/to/official OFFICIAL_PYTHON=/path/to/venv/bin/python [OFFICIAL_BENCH=dir] bash benchmarks/gpu_item5.sh
+#   OFFICIAL=/path/to/Diffusion-by-MaxEntIRL OFFICIAL_PYTHON=/path/to/official-venv/bin/python bash benchmarks/gpu_item5.sh
+#
+# OFFICIAL is a clone of swyoon/Diffusion-by-MaxEntIRL; OFFICIAL_PYTHON the interpreter of its own virtualenv
+# with a CUDA build of torch and numpy<2 (docs/speed.md). benchmarks/official_step_time.py times it.
 #
 # Synthetic data of the real shapes and freshly initialised networks (time does not depend on the
 # weights). Each command writes one JSON; a failing command is reported and the rest still run.
@@ -23,13 +26,13 @@ run() {  # name, command...
 STEP="benchmarks/step_time.py --iters=10 --warmup=2 --rounds=3 --count_flops=false"
 if [ -n "${OFFICIAL:-}" ]; then
   # the official CIFAR-10 iteration on this GPU, then ours, then the official again
-  run official_cifar_1 "${OFFICIAL_PYTHON:-python}" "${OFFICIAL_BENCH:-../shared/tools/official_bench}/bench_image.py" "$OFFICIAL" \
-    --preset=cifar --batch=128 --iters=10 --device=cuda
+  run official_cifar_1 "${OFFICIAL_PYTHON:-python}" benchmarks/official_step_time.py --official="$OFFICIAL" \
+    --preset=cifar --batch=128 --steps=10 --iters=10 --device=cuda
 fi
 run step_cifar10 $PY $STEP --config=configs/cifar10.py $SYN --out="$OUT/step_time_cifar10.json"
 if [ -n "${OFFICIAL:-}" ]; then
-  run official_cifar_2 "${OFFICIAL_PYTHON:-python}" "${OFFICIAL_BENCH:-../shared/tools/official_bench}/bench_image.py" "$OFFICIAL" \
-    --preset=cifar --batch=128 --iters=10 --device=cuda
+  run official_cifar_2 "${OFFICIAL_PYTHON:-python}" benchmarks/official_step_time.py --official="$OFFICIAL" \
+    --preset=cifar --batch=128 --steps=10 --iters=10 --device=cuda
 fi
 run step_imagenet64_t10 $PY $STEP --config=configs/imagenet64.py $SYN --out="$OUT/step_time_imagenet64_t10.json"
 run step_imagenet64_t4 $PY $STEP --config=configs/imagenet64.py:t4 $SYN --out="$OUT/step_time_imagenet64_t4.json"

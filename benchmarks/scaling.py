@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from tqdm import tqdm
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
@@ -206,14 +208,13 @@ POLICY_GRAD_JOBS = [
 def policy_grad_memory(names=None):
   """The policy network's gradient alone: plain, remat, without attention, chunked rows and/or attention."""
   rows = []
-  for name, job in POLICY_GRAD_JOBS:
-    if names and name not in names:
-      continue
+  bar = tqdm([(n, j) for n, j in POLICY_GRAD_JOBS if not names or n in names], unit="compile", dynamic_ncols=True)
+  for name, job in bar:
+    bar.set_description_str(f"compiling the policy gradient {name}")
     r = run_worker(dict(job, policy_grad=True), 1)
     r["name"] = name
-    print(
-      f"policy grad {name}: rows={r['rows']} chunks={r['chunks']} {r['overrides']}: {r['temp_bytes'] / GB:.2f} GB",
-      flush=True,
+    tqdm.write(
+      f"policy grad {name}: rows={r['rows']} chunks={r['chunks']} {r['overrides']}: {r['temp_bytes'] / GB:.2f} GB"
     )
     rows.append(r)
   return rows
@@ -247,7 +248,9 @@ def measure_sampler(spec: str, batch: int) -> dict:
 
 def sampler_ratios():
   rows = []
-  for name, spec, _, _ in SMOKE:
+  bar = tqdm(SMOKE, unit="config", dynamic_ncols=True)
+  for name, spec, _, _ in bar:
+    bar.set_description_str(f"compiling the {name} sampler on 1 and 8 fake devices")
     one, eight = (run_worker({"sampler": True, "config": spec, "batch": 64}, n) for n in (1, 8))
     row = {
       "name": name,
@@ -256,7 +259,7 @@ def sampler_ratios():
       "eight": eight,
       "flops_ratio": eight["flops_per_device"] / one["flops_per_device"],
     }
-    print(f"{name:18s} sampler, 64 samples: per-device FLOPs 8 vs 1 = {row['flops_ratio']:.3f}x", flush=True)
+    tqdm.write(f"{name:18s} sampler, 64 samples: per-device FLOPs 8 vs 1 = {row['flops_ratio']:.3f}x")
     rows.append(row)
   return rows
 
@@ -283,7 +286,9 @@ def run_worker(job: dict, devices: int, timeout: int = 3600) -> dict:
 
 def smoke_ratios():
   rows = []
-  for name, spec, batch, over in SMOKE:
+  bar = tqdm(SMOKE, unit="config", dynamic_ncols=True)
+  for name, spec, batch, over in bar:
+    bar.set_description_str(f"compiling the {name} train step on 1 and 8 fake devices")
     one = run_worker({"config": spec, "batch": batch, "overrides": over}, 1)
     eight = run_worker({"config": spec, "batch": batch, "overrides": over}, 8)
     row = {
@@ -294,12 +299,11 @@ def smoke_ratios():
       "flops_ratio": eight["flops_per_device"] / one["flops_per_device"],
       "temp_ratio": eight["temp_bytes"] / one["temp_bytes"],
     }
-    print(
+    tqdm.write(
       f"{name:18s} B={batch}: per-device FLOPs 8 vs 1 = {row['flops_ratio']:.3f}x (target <= 0.16), "
       f"temporaries = {row['temp_ratio']:.3f}x (target <= 0.5)  "
       f"[1: {one['flops_per_device'] / 1e9:.2f} GFLOP, {one['temp_bytes'] / 1e6:.1f} MB; "
-      f"8: {eight['flops_per_device'] / 1e9:.2f} GFLOP, {eight['temp_bytes'] / 1e6:.1f} MB]",
-      flush=True,
+      f"8: {eight['flops_per_device'] / 1e9:.2f} GFLOP, {eight['temp_bytes'] / 1e6:.1f} MB]"
     )
     rows.append(row)
   return rows
@@ -307,24 +311,28 @@ def smoke_ratios():
 
 def big_memory(device_counts=(1, 8, 64), options=("off", "on", "chunked"), names=None):
   rows = []
-  for name, spec, batch, over in BIG:
-    if names and name not in names:
-      continue
-    for opt in options:
-      for n in device_counts:
-        job_over = dict(over, **OPTIONS[opt])
-        if opt in CHUNK_ROWS_OF:
-          job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS_OF[opt])
-        r = run_worker({"config": spec, "batch": batch, "overrides": job_over}, n)
-        r.update(name=name, options=opt)
-        print(
-          f"{name:20s} options={opt:3s} devices={n:3d}: per device temporaries "
-          f"{r['temp_bytes'] / GB:7.2f} GB, arguments {r['argument_bytes'] / GB:6.2f} GB, "
-          f"peak {r['peak_bytes'] / GB:7.2f} GB  (compile {r['compile_s']:.0f} s, "
-          f"{r['compile_rss_gb']:.1f} GB RSS)",
-          flush=True,
-        )
-        rows.append(r)
+  jobs = [
+    (name, spec, batch, over, opt, n)
+    for name, spec, batch, over in BIG
+    if not names or name in names
+    for opt in options
+    for n in device_counts
+  ]
+  bar = tqdm(jobs, unit="compile", dynamic_ncols=True)
+  for name, spec, batch, over, opt, n in bar:
+    bar.set_description_str(f"compiling {name} (options {opt}) on {n} fake devices")
+    job_over = dict(over, **OPTIONS[opt])
+    if opt in CHUNK_ROWS_OF:
+      job_over["perf.policy_grad_chunks"] = max(1, batch // n // CHUNK_ROWS_OF[opt])
+    r = run_worker({"config": spec, "batch": batch, "overrides": job_over}, n)
+    r.update(name=name, options=opt)
+    tqdm.write(
+      f"{name:20s} options={opt:3s} devices={n:3d}: per device temporaries "
+      f"{r['temp_bytes'] / GB:7.2f} GB, arguments {r['argument_bytes'] / GB:6.2f} GB, "
+      f"peak {r['peak_bytes'] / GB:7.2f} GB  (compile {r['compile_s']:.0f} s, "
+      f"{r['compile_rss_gb']:.1f} GB RSS)"
+    )
+    rows.append(r)
   return rows
 
 

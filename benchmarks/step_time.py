@@ -20,11 +20,12 @@ What it measures:
   reported for reference only.  ``achieved_gflops`` = flops_per_iter / median wall time.
 * ``peak_memory_bytes``: the device allocator's peak where the backend reports it (GPU,
   TPU), else null.
-* ``--official=DIR`` (the official repo exported at 3f09073) runs the official harness of
-  ``--official_bench`` (README there) in its own interpreter ``--official_python`` for the
-  same shapes (T, B), alternating ``--rounds`` times with our timed block, and reports
+* ``--official=DIR`` (a clone of swyoon/Diffusion-by-MaxEntIRL) runs ``official_step_time.py`` (this
+  folder) in the official code's own interpreter ``--official_python`` (docs/speed.md: its virtualenv)
+  for the same shapes (T, B), alternating ``--rounds`` times with our timed block, and reports
   the ratio of the medians (official / ours: > 1 means we are faster).  Its CPU seconds
   per iteration come from the children's rusage, differenced against a 1-iteration run.
+* A progress bar counts the timed rounds; before it, a line says what is compiling.
 """
 
 import json
@@ -40,22 +41,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dxmi_jax import compiler, experiment, parallel, train  # noqa: E402
 
-_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 config_flags.DEFINE_config_file("config", "configs/gaussians2d.py", "Experiment config.")
 flags.DEFINE_integer("iters", 300, "Timed iterations per round.")
 flags.DEFINE_integer("warmup", 5, "Untimed iterations after compilation.")
 flags.DEFINE_integer("rounds", 3, "Alternations of (official, ours) with --official; else timed blocks of ours.")
-flags.DEFINE_string("official", "", "Official repo (git archive of 3f09073): also time its trainer.")
-flags.DEFINE_string("official_python", sys.executable, "Interpreter of the official harness (its own venv).")
-flags.DEFINE_string(
-  "official_bench",
-  os.path.join(_REPO, "..", "shared", "tools", "official_bench"),
-  "Folder holding bench_image.py and bench_2d_cpu.py.",
-)
+flags.DEFINE_string("official", "", "Clone of swyoon/Diffusion-by-MaxEntIRL: also time its DxMI_Trainer.")
+flags.DEFINE_string("official_python", sys.executable, "Interpreter of the official code's virtualenv.")
 flags.DEFINE_integer("official_iters", 0, "Official timed iterations per round (0: same as --iters).")
 flags.DEFINE_bool("count_flops", True, "Lower a fully unrolled copy of the step to count its FLOPs.")
 flags.DEFINE_string("out", "", "Write the result JSON here as well.")
@@ -93,25 +89,38 @@ def unrolled_flops(exp, mesh, state, batch):
   return _flops(lowered.cost_analysis())
 
 
-def official_command(config, iters, warmup):
-  T, B = config.policy.num_steps, config.training.batch_size
-  if config.experiment == "gaussians2d":
-    script, extra = "bench_2d_cpu.py", []
-  elif config.experiment == "digits":
-    script, extra = "bench_image.py", ["--preset=digits"]
-  else:
-    raise app.UsageError(
-      f"--official: no official harness for config {config.experiment!r} (expected gaussians2d or digits)"
-    )
+def fail(msg):
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "official_step_time.py")
+PRESETS = {"gaussians2d": "2d", "digits": "digits", "cifar10": "cifar"}
+
+
+def official_command(config, iters, warmup, official, python):
+  """The command line of official_step_time.py for the shapes of ``config``."""
+  preset = PRESETS.get(config.experiment)
+  if preset is None:
+    fail(f"--official: no official counterpart for config {config.experiment!r} (expected one of {sorted(PRESETS)})")
   return [
-    FLAGS.official_python,
-    os.path.join(FLAGS.official_bench, script),
-    FLAGS.official,
-    f"--batch={B}",
-    f"--steps={T}",
+    python,
+    HARNESS,
+    f"--official={official}",
+    f"--preset={preset}",
+    f"--batch={config.training.batch_size}",
+    f"--steps={config.policy.num_steps}",
     f"--iters={iters}",
     f"--warmup={warmup}",
-  ] + extra
+  ]
+
+
+def check_official(official, python):
+  """One error line for a wrong --official / --official_python, before anything compiles."""
+  if not os.path.isfile(os.path.join(official, "models", "DxMI", "trainer.py")):
+    fail(f"--official: {official!r} has no models/DxMI/trainer.py; expected a clone of swyoon/Diffusion-by-MaxEntIRL")
+  if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+    fail(f"--official_python: {python!r} is not an executable interpreter")
 
 
 def run_official(cmd):
@@ -186,18 +195,33 @@ class Timed:
     return wall, cpu
 
 
+def say(msg):
+  tqdm.write(f"step_time: {msg}", file=sys.stderr)
+
+
 def main(_):
   config = FLAGS.config
+  if FLAGS.official:
+    official_command(config, 1, 0, FLAGS.official, FLAGS.official_python)  # a config without a counterpart
+    check_official(FLAGS.official, FLAGS.official_python)
   mesh = parallel.make_mesh()
   variants = [(spec, _perf_variant(config, spec)) for spec in FLAGS.compare]
+  say(f"compiling the {config.experiment} train step (T={config.policy.num_steps}, B={config.training.batch_size})")
   ours = Timed(config, mesh)
   exp, state, batch0 = ours.exp, ours.state, ours.batch0
   load_start = os.getloadavg()
+  say(f"compiled in {ours.compile_s:.1f} s")
 
+  if FLAGS.count_flops:
+    say("lowering a fully unrolled copy of the step to count its FLOPs (not compiled, not run)")
   flops_unrolled = unrolled_flops(exp, mesh, state, batch0) if FLAGS.count_flops else float("nan")
   compile_s = ours.compile_s
   flops_compiled = _flops(ours.compiled.cost_analysis())
-  others = [(spec, Timed(v, mesh)) for spec, v in variants]
+  others = []
+  for spec, v in variants:
+    say(f"compiling the step with perf.{spec}")
+    others.append((spec, Timed(v, mesh)))
+  say(f"{FLAGS.warmup} warm-up iterations")
   ours.warm(FLAGS.warmup)
   for _, t in others:
     t.warm(FLAGS.warmup)
@@ -206,18 +230,23 @@ def main(_):
   o_iters = FLAGS.official_iters or FLAGS.iters
   if FLAGS.official:
     warm = 20 if config.experiment == "gaussians2d" else 2
-    _, cpu1 = run_official(official_command(config, 1, warm))
-    official = {"medians_s": [], "cpu_s_per_iter": [], "command": " ".join(official_command(config, o_iters, warm))}
+    cmd = lambda n: official_command(config, n, warm, FLAGS.official, FLAGS.official_python)  # noqa: E731
+    say("the official trainer, one iteration (its start-up CPU time, subtracted below)")
+    _, cpu1 = run_official(cmd(1))
+    official = {"medians_s": [], "cpu_s_per_iter": [], "command": " ".join(cmd(o_iters))}
   wall, cpu, rounds = [], [], []
   other_wall = {spec: [] for spec, _ in others}
-  for r in range(FLAGS.rounds):
+  bar = tqdm(range(FLAGS.rounds), desc="timed rounds", unit="round", dynamic_ncols=True)
+  for r in bar:
     entry = {}
     if official is not None:
-      rec, cpu_n = run_official(official_command(config, o_iters, warm))
+      bar.set_postfix_str(f"official, {o_iters} iterations")
+      rec, cpu_n = run_official(cmd(o_iters))
       official["medians_s"].append(rec["median_s_per_iter"])
       official["cpu_s_per_iter"].append((cpu_n - cpu1) / max(o_iters - 1, 1))
       official["torch"] = rec.get("torch")
       entry["official_median_s"] = rec["median_s_per_iter"]
+    bar.set_postfix_str(f"ours, {FLAGS.iters} iterations")
     w, c = ours.block(FLAGS.iters)
     wall += w
     cpu += c
@@ -230,7 +259,7 @@ def main(_):
       entry[f"median_s[{spec}]"] = float(np.median(ow))
     entry["loadavg_1min"] = os.getloadavg()[0]
     rounds.append(entry)
-    print(json.dumps({"round": r, **entry}), flush=True)
+    tqdm.write(json.dumps({"round": r, **entry}))
 
   med = float(np.median(wall))
   result = {

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from configs import gaussians2d  # noqa: E402
 from dxmi_jax import experiment, init, io, modes, pretrain  # noqa: E402
@@ -92,14 +93,26 @@ def _cached(root, seed, name, fn):
 def run_table(root):
   rows = {name: [] for name, *_ in DDPM_ROWS + DXMI_ROWS}
   selected = set(FLAGS.rows) or set(rows)
+  # one tick per DDPM pretraining and per row; the description says what runs (and compiles) now
+  bar = tqdm(total=FLAGS.seeds * (1 + len(selected & set(rows))), desc="table_2d", unit="run", dynamic_ncols=True)
+
+  def doing(seed, what):
+    bar.set_description_str(f"seed {seed}: {what}")
+    bar.refresh()
+
   for seed in range(FLAGS.seeds):
     t_seed = time.time()
     ddpm_dir = os.path.join(root, f"seed{seed}", "ddpm")
     if not os.path.exists(os.path.join(ddpm_dir, "pretrain", "meta.json")):
-      pretrain.pretrain(experiment.build(base_config(seed)), ddpm_dir)
+      c = base_config(seed)
+      doing(seed, f"DDPM pretraining (compiling, then {c.pretrain.num_iters} iterations)")
+      pretrain.pretrain(experiment.build(c), ddpm_dir)
+    bar.update()
     for name, T in DDPM_ROWS:
       if name in selected:
+        doing(seed, f"{name}: compiling the sampler, sampling and scoring")
         rows[name].append(_cached(root, seed, name, lambda T=T: ddpm_row(seed, T, ddpm_dir)))
+        bar.update()
     for name, T, variant, finetune in DXMI_ROWS:
       if name not in selected:
         continue
@@ -107,10 +120,13 @@ def run_table(root):
       if finetune:
         c.init.policy_checkpoint = ddpm_dir
       wd = os.path.join(root, f"seed{seed}", name.replace(" ", "_").replace(",", "").replace("=", ""))
+      doing(seed, f"{name}: compiling, then {c.training.num_iters} iterations and the evaluation")
       rows[name].append(
         _cached(root, seed, name, lambda c=c, wd=wd: {k: modes.run(c, wd, "train").get(k) for k in _KEYS})
       )
+      bar.update()
     logging.info("seed %d done in %.0f s", seed, time.time() - t_seed)
+  bar.close()
   return {k: v for k, v in rows.items() if v}
 
 

@@ -49,6 +49,7 @@ import sys
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -143,7 +144,9 @@ def pretrain(workdir):
   out = os.path.join(workdir, "ddpm")
   meta = os.path.join(out, "pretrain", "meta.json")
   if not os.path.exists(meta):
-    modes.run(_config(), out, "pretrain")
+    c = _config()
+    print(f"DDPM pretraining into {out}: compiling, then {c.pretrain.num_iters} iterations", flush=True)
+    modes.run(c, out, "pretrain")
   with open(meta) as f:
     m = json.load(f)
   return out, float(m.get("meta", m).get("seconds", float("nan")))
@@ -397,11 +400,13 @@ def main(argv=None):
   t_start = time.time()
   ddpm_dir, pretrain_seconds = pretrain(args.workdir)
   if args.train_only:
-    for name in [r for r in rows if r in DXMI_VARIANTS]:
-      for seed in seeds:
-        run_dir, secs = dxmi_train(ddpm_dir, args.workdir, name, seed, args.dxmi_iters)
-        io.atomic_write_json(os.path.join(run_dir, "benchmark_train.json"), {"seconds": secs, "machine": _machine()})
-        print(f"{name} seed {seed}: trained in {secs:.0f} s ({run_dir})", flush=True)
+    jobs = [(name, seed) for name in rows if name in DXMI_VARIANTS for seed in seeds]
+    bar = tqdm(jobs, desc="table_digits --train_only", unit="run", dynamic_ncols=True)
+    for name, seed in bar:
+      bar.set_description_str(f"{name} seed {seed}: compiling, then training")
+      run_dir, secs = dxmi_train(ddpm_dir, args.workdir, name, seed, args.dxmi_iters)
+      io.atomic_write_json(os.path.join(run_dir, "benchmark_train.json"), {"seconds": secs, "machine": _machine()})
+      tqdm.write(f"{name} seed {seed}: trained in {secs:.0f} s ({run_dir})")
     return None
   os.makedirs(args.results, exist_ok=True)
   clf = digits_classifier.default_classifier()
@@ -416,13 +421,18 @@ def main(argv=None):
     "rows": {},
   }
   out_json = os.path.join(args.results, "table_digits.json")
+  seeds_of = {}
   for name in [r for r in ROW_ORDER if r in rows]:
-    t0 = time.time()
     use = seeds[: args.ddpm1000_seeds] if name == "ddpm1000" and args.ddpm1000_seeds > 0 else seeds
-    use = row_seeds.get(name, use)
+    seeds_of[name] = row_seeds.get(name, use)
+  bar = tqdm(total=sum(map(len, seeds_of.values())), desc="table_digits", unit="cell", dynamic_ncols=True)
+  for name, use in seeds_of.items():
+    t0 = time.time()
     per_seed = []
     for seed in use:
       cache = os.path.join(rows_dir, f"{name}_s{seed}.json")
+      what = "training (compiling first), " if name in DXMI_VARIANTS else "compiling the sampler, "
+      bar.set_description_str(f"{name} seed {seed}: {what}sampling {args.num_samples}, scoring")
       if os.path.exists(cache):
         with open(cache) as f:
           rec = json.load(f)
@@ -434,16 +444,17 @@ def main(argv=None):
           _save_grid(os.path.join(args.results, f"digits_{name}.png"), imgs)
         io.atomic_write_json(cache, rec)
       per_seed.append(rec)
-      print(
+      bar.update()
+      tqdm.write(
         f"{name} seed {seed}: fd={rec['fd']:.3f} P={rec['precision']:.3f} R={rec['recall']:.3f} "
         f"tv={rec['class_tv']:.3f}"
-        + (f" | best (step {rec['best']['step']}) fd={rec['best']['fd']:.3f}" if "best" in rec else ""),
-        flush=True,
+        + (f" | best (step {rec['best']['step']}) fd={rec['best']['fd']:.3f}" if "best" in rec else "")
       )
     row = {"per_seed": per_seed, "summary": _summary(per_seed), "seconds_this_invocation": time.time() - t0}
     if name in DXMI_VARIANTS:
       row["summary_best"] = _summary([r["best"] for r in per_seed])
     result["rows"][name] = row
+  bar.close()
   result["claims"] = claims(result["rows"])
   if any(n in result["rows"] for n in DXMI_VARIANTS):
     plot_curves(result["rows"], os.path.join(args.results, "digits_curves.png"))

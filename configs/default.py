@@ -142,7 +142,11 @@ def get_config():
   c.init = ml_collections.ConfigDict()
   c.init.policy_checkpoint = ""  # .pt/.pth (converted on the fly), Orbax dir, or a dxmi-jax workdir
   c.init.value_checkpoint = ""
-  c.init.pretrain_first = False  # train: DDPM-pretrain into <workdir>/pretrain first (or reuse it), start from it
+  # train: DDPM-pretrain into <workdir>/pretrain first (or reuse it) and start DxMI from it.  False: never
+  # (start from policy_checkpoint, or from scratch); True: always (a policy_checkpoint is then an error);
+  # "auto": pretrain unless policy_checkpoint is given, which then wins.  Typed `object` so that it holds
+  # a bool or "auto", from a config file or the command line (--config.init.pretrain_first=auto).
+  c.init.pretrain_first = ml_collections.FieldReference(False, field_type=object)
 
   # ------------------------------------------------------------ pretrain
   c.pretrain = ml_collections.ConfigDict()  # DDPM epsilon-prediction pretraining (--mode=pretrain)

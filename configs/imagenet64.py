@@ -76,7 +76,7 @@ def get_config(variant: str = ""):
 
 
 def lowmem(c):
-  """Every memory option of the big ADM configs (README "Data parallelism and memory").
+  """Every memory option of the big ADM configs (docs/parallelism.md).
 
   Compile-only figures of the T=10 step at B=128 (benchmarks/scaling.py, option set
   chunked_attn, XLA:CPU memory analysis): 8.5 GB of temporaries on 1 device and 5.9 GB per

@@ -14,7 +14,7 @@
 
 Measured on a 2-core AVX2 machine, both compiled in one process and timed alternately
 (``benchmarks/step_time.py --compare=cpu_dots=ynnpack``, ``compared`` in
-results/step_time_*.json, README "Speed"): the digits iteration 0.655 s with YNNPACK,
+results/step_time_*.json, docs/speed.md): the digits iteration 0.655 s with YNNPACK,
 0.370 s with Eigen; the 2D iteration 24.0 -> 17.1 ms.  The two give the same numbers up
 to float32 rounding (another summation order inside each product).
 

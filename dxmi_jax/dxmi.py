@@ -73,7 +73,7 @@ class DxMIConfig:
                       only; the result is the same): 1 a loop, k > 1 k steps per loop trip,
                       0 (or >= T) fully unrolled, which compiles longer and, since
                       models/conv.py, no longer runs faster on a CPU (configs/default.py ``perf``;
-                      README "Speed").
+                      docs/speed.md).
   policy_grad_chunks: K: each policy minibatch's gradient is accumulated over K chunks of
                       its rows, one UNet forward/backward per chunk (lax.scan), so the
                       backward's activations are those of B/K rows (memory only: the step

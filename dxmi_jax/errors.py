@@ -11,3 +11,10 @@ class ConfigError(ValueError):
 
 class CheckpointError(ValueError):
   """A checkpoint file is missing, unreadable, or does not fit an architecture."""
+
+
+class TrainingError(RuntimeError):
+  """The run cannot go on (e.g. repeated non-finite losses); the message says why.
+
+  main.py prints it as one ``error:`` line and exits with status 2, like a ConfigError.
+  """

@@ -100,7 +100,7 @@ def _run(config, workdir: str, mode: str):
       if config.init.policy_checkpoint or config.init.value_checkpoint:
         logging.warning("%s has checkpoints: resuming from them; config.init.* is ignored", workdir)
     else:
-      policy_path = _pretrain_if_missing(exp, workdir) if config.init.pretrain_first else None
+      policy_path = _pretrain_if_missing(exp, workdir) if pretrains_first(config) else None
       pretrained = train.load_pretrained(exp, policy_path)  # checks that the weights fit the architecture
       pretrained = projects.run_stages(exp, workdir, pretrained)
   os.makedirs(workdir, exist_ok=True)
@@ -163,6 +163,15 @@ def _check_best_restores(workdir, best_metric):
     ) from None
 
 
+def pretrains_first(config):
+  """Whether ``train`` DDPM-pretrains into the workdir before DxMI (config.init.pretrain_first):
+  True always, False never, "auto" unless config.init.policy_checkpoint names a starting policy."""
+  value = config.init.pretrain_first
+  if value == "auto":
+    return not config.init.policy_checkpoint
+  return value is True
+
+
 def _pretrain_if_missing(exp, workdir):
   """config.init.pretrain_first: DDPM-pretrain into <workdir>/pretrain unless it is there, then
   start DxMI from it (the paper's job: fine-tune a pretrained diffusion model)."""
@@ -198,10 +207,14 @@ def validate_run(config, exp):
     parallel.check_batch_divisible(tc.batch_size)
   except ValueError as e:
     raise experiment.ConfigError(str(e)) from None
-  if config.init.pretrain_first and config.init.policy_checkpoint:
+  pf = config.init.pretrain_first
+  if not (pf is True or pf is False or pf == "auto"):  # `is`: 1 and 0 are not accepted as booleans
+    raise experiment.ConfigError(f"config.init.pretrain_first: expected True, False or 'auto', got {pf!r}")
+  if pf is True and config.init.policy_checkpoint:
     raise experiment.ConfigError(
-      f"config.init.pretrain_first: set together with config.init.policy_checkpoint="
-      f"{config.init.policy_checkpoint!r}; pretrain_first pretrains into the workdir, so use one of them"
+      f"config.init.pretrain_first: True together with config.init.policy_checkpoint="
+      f"{config.init.policy_checkpoint!r}; True pretrains into the workdir, so use one of them "
+      f"('auto' starts from the checkpoint when one is given)"
     )
   if tc.best_metric:
     try:

@@ -169,7 +169,7 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: in
 
   With ``fsdp`` every big parameter and optimiser-state leaf is split along one axis
   over the data devices (``fsdp_spec``): each device holds 1/N of it, and the train
-  step gathers the parameters for compute (``gather_params``) while gradients
+  step gathers the parameters for compute (``dxmi.make_train_step``) while gradients
   arrive reduce-scattered into the same layout.  The values are those of the
   replicated run; only where they live changes.
   """
@@ -177,11 +177,6 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: in
   if not fsdp:
     return jax.tree.map(lambda _: replicated(mesh), abstract_state)
   return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(a.shape, n, min_size)), abstract_state)
-
-
-def gather_params(tree, mesh: Mesh):
-  """Constrains ``tree`` to be replicated: XLA all-gathers FSDP-sharded parameters here."""
-  return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, replicated(mesh)), tree)
 
 
 def peak_memory_bytes():

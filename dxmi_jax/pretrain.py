@@ -99,7 +99,7 @@ def pretrain(exp, workdir: str):
     local = exp.data.local_batch(i, pc.batch_size)
     batch = parallel.global_batch_from_local(local, mesh)
     params, ema, opt_state, loss = step_fn(params, ema, opt_state, batch, jax.random.fold_in(run_key, i))
-    if (i + 1) % cfg.training.log_every == 0 or i + 1 == pc.num_iters:
+    if (i + 1) % cfg.training.log_every == 0 or i + 1 in (1, pc.num_iters):  # 1: the compilation's time
       rec = {"pretrain/loss": float(loss), **progress(i + 1)}
       writer.write(i + 1, rec)
       writers.log_line(i + 1, pc.num_iters, rec, ("pretrain/loss",))

@@ -79,8 +79,6 @@ def guidance_direction(sign: str) -> float:
 
 #: make_generator's jitted samplers, by their static arguments: one trace and compile per run
 _GENERATORS = {}
-#: how many times a generator was traced (each trace is followed by a compile); for tests
-TRACES = {"count": 0}
 
 
 def make_generator(
@@ -128,7 +126,6 @@ def make_generator(
   )
 
   def gen(params, key, y=None, value_params=None):
-    TRACES["count"] += 1  # Python side effect: runs at trace time only
     return fn(params, key, y=y, value_params=value_params)
 
   shardings = {} if mesh is None else {"out_shardings": data}

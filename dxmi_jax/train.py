@@ -47,14 +47,11 @@ from absl import logging
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import compiler, dxmi, evaluators, io, parallel, preemption, projects, writers
 from dxmi_jax.data.loader import prefetch_to_device
+from dxmi_jax.errors import TrainingError
 
 _LOG_KEYS = ("ebm/d_loss", "ebm/v_loss", "sampler/sampler_loss")
 #: OS errors of a write that storage refused (full, over quota, read-only, failing): one error line
 _STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
-
-
-class TrainingError(RuntimeError):
-  """The run cannot go on (e.g. repeated non-finite losses); the message says why."""
 
 
 # ------------------------------------------------------------------------ state

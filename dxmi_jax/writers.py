@@ -266,7 +266,13 @@ def read_tensorboard_scalars(logdir: str) -> Dict[str, List[Tuple[int, float]]]:
 
 # ------------------------------------------------------------------ progress
 class Progress:
-  """Iterations/s since the previous call, and the ETA at that rate."""
+  """Iterations/s since the previous call, and the ETA at that rate.
+
+  The first call after ``start`` only starts the clock: the steps before it include the compilation
+  of the step function (seconds to minutes, against milliseconds a step), so a rate over them would
+  predict an ETA many times too long.  It returns ``perf/startup_sec`` (compilation and those steps)
+  instead; the rate and the ETA come from the second call on.
+  """
 
   def __init__(self, total: int, start: int):
     self.total, self.t0, self.s0 = total, time.time(), start
@@ -274,8 +280,11 @@ class Progress:
 
   def __call__(self, step: int) -> Dict[str, float]:
     now = time.time()
+    first = self.last_s == self.s0
     rate = (step - self.last_s) / max(now - self.last_t, 1e-9)
     self.last_t, self.last_s = now, step
+    if first:
+      return {"perf/startup_sec": now - self.t0}
     eta = (self.total - step) / rate if rate > 0 else float("nan")
     return {"perf/iters_per_sec": rate, "perf/eta_sec": eta}
 
@@ -285,6 +294,8 @@ def log_line(step: int, total: int, metrics: Dict[str, float], keys=()) -> None:
   for k in keys:
     if k in metrics:
       parts.append(f"{k.split('/')[-1]}={metrics[k]:.4g}")
+  if "perf/startup_sec" in metrics:
+    parts.append(f"compiled and started in {metrics['perf/startup_sec']:.1f} s")
   if "perf/iters_per_sec" in metrics:
     parts.append(f"{metrics['perf/iters_per_sec']:.1f} it/s")
     eta = metrics.get("perf/eta_sec", float("nan"))

@@ -77,7 +77,7 @@ def test_classifier_accuracy(clf):
 
 def test_metric_of_reference_against_itself(clf):
   test_images, labels = digits_data.digits_arrays("test")
-  m = clf.evaluate(test_images)
+  m = clf.evaluate(test_images, "test")
   assert abs(m["fd"]) < 1e-6
   assert m["precision"] == 1.0 and m["recall"] == 1.0  # every point lies inside its own k-NN ball
   assert m["num_samples"] == 355
@@ -86,8 +86,8 @@ def test_metric_of_reference_against_itself(clf):
 
 def test_metric_ranks_noise_far_below_real_digits(clf):
   train_images, _ = digits_data.digits_arrays("train")
-  real = clf.evaluate(train_images)  # all 1,442: recall depends on the sample count
-  noise = clf.evaluate(np.random.default_rng(0).integers(0, 256, (400, 8, 8, 1)).astype(np.uint8))
+  real = clf.evaluate(train_images, "test")  # all 1,442: recall depends on the sample count
+  noise = clf.evaluate(np.random.default_rng(0).integers(0, 256, (400, 8, 8, 1)).astype(np.uint8), "test")
   assert real["fd"] < 0.1 * noise["fd"]
   assert real["precision"] > 0.85 and real["recall"] > 0.85
   assert noise["precision"] < 0.1
@@ -106,9 +106,9 @@ def test_metric_from_features_closed_form():
 
 def test_metric_rejects_bad_images(clf):
   with pytest.raises(features_lib.EvaluationInputError, match="uint8"):
-    clf.evaluate(np.zeros((4, 8, 8, 1), np.float32))
+    clf.evaluate(np.zeros((4, 8, 8, 1), np.float32), "test")
   with pytest.raises(features_lib.EvaluationInputError, match=r"\(N, 8, 8, 1\)"):
-    clf.evaluate(np.zeros((4, 16, 16, 1), np.uint8))
+    clf.evaluate(np.zeros((4, 16, 16, 1), np.uint8), "test")
 
 
 # ---------------------------------------------------------------------- end to end
@@ -145,6 +145,6 @@ def test_pretrain_then_dxmi_then_metric(tmp_path, clf):
   bs = c.sample.batch_size  # the train loop's evaluation used this shape: a compilation-cache hit
   gen = sampling.make_generator(exp.policy, (8, 8, 1), bs)
   imgs = samples.to_uint8(sampling.sample_many(gen, params, 0, 32, bs))
-  m = clf.evaluate(imgs)
+  m = clf.evaluate(imgs, "test")
   assert np.isfinite(m["fd"]) and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
   np.testing.assert_allclose(np.sum(m["class_hist"]), 1.0)

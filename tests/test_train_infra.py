@@ -218,3 +218,27 @@ def test_tensorboard_reader_round_trip_and_purge(tmp_path):
   tb = writers.read_tensorboard_scalars(str(tmp_path / "tensorboard"))
   assert tb["a/b"] == [(1, 1.5), (2, 3.0), (3, -3.0), (4, -4.0)]
   assert tb["eval/sw"] == []
+
+
+def test_first_eta_does_not_count_the_compilation(monkeypatch, caplog):
+  """A 200-step run whose first step compiles for 30 s and whose steps take 0.1 s: the first progress
+  line reports the start-up time and no ETA; the next one predicts the remaining steps at 0.1 s."""
+  clock = [1000.0]
+  monkeypatch.setattr(writers.time, "time", lambda: clock[0])
+  progress = writers.Progress(200, 0)
+  clock[0] += 30.0 + 0.1  # compilation + step 1
+  first = progress(1)
+  assert first == {"perf/startup_sec": pytest.approx(30.1)}
+  clock[0] += 24 * 0.1  # steps 2..25
+  second = progress(25)
+  assert second["perf/iters_per_sec"] == pytest.approx(10.0)
+  assert second["perf/eta_sec"] == pytest.approx(175 * 0.1)
+  with caplog.at_level("INFO"):
+    writers.log_line(1, 200, first)
+    writers.log_line(25, 200, second)
+  lines = [r.getMessage() for r in caplog.records]
+  assert "compiled and started in 30.1 s" in lines[0] and "ETA" not in lines[0]
+  assert "10.0 it/s" in lines[1] and "ETA 0.3 min" in lines[1]
+  # after a resume at step 100, the first line is again the start-up
+  resumed = writers.Progress(200, 100)
+  assert set(resumed(101)) == {"perf/startup_sec"}

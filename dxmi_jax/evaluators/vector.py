@@ -1,6 +1,6 @@
 """Evaluation of vector-data runs: SW distance, energy AUC and the paper-style figure.
 
-Protocol (documented in the README):
+Protocol (documented in docs/gaussians2d.md):
 * SW: p = 2, ``config.eval.sw_projections`` (1,000) random directions, ``config.eval.num_samples``
   (10,000) policy samples, each compared with ``config.eval.sw_draws`` independent data draws
   of the same size: ``sw`` is the mean over the draws and ``sw_std`` their spread.  One draw

@@ -198,13 +198,16 @@ class DigitsClassifier:
     return float(np.mean(self.predict(images) == labels))
 
   @functools.lru_cache(maxsize=4)
-  def reference(self, split: str = "test"):
+  def reference(self, split: str):
     """(features, class frequencies) of a digits split: the metric's reference."""
     images, labels = digits_data.digits_arrays(split, digits_data.NATIVE_SIZE)
     return self.features(images), np.bincount(labels, minlength=NUM_CLASSES) / labels.shape[0]
 
-  def evaluate(self, images_uint8: Any, reference_split: str = "test") -> Dict[str, Any]:
-    """The digits metric of ``images_uint8`` against ``reference_split``; see the module docstring."""
+  def evaluate(self, images_uint8: Any, reference_split: str) -> Dict[str, Any]:
+    """The digits metric of ``images_uint8`` against ``reference_split``; see the module docstring.
+
+    The split has no default: model selection scores against "val", reported numbers against
+    "test", and a caller must say which."""
     ref_feats, ref_freq = self.reference(reference_split)
     logits, feats = self.logits_and_features(images_uint8)
     return metric_from_features(feats, np.argmax(logits, axis=1), ref_feats, ref_freq)
@@ -231,8 +234,3 @@ def metric_from_features(feats, predicted, ref_feats, ref_class_freq) -> Dict[st
 def default_classifier(cache_dir: Optional[str] = None) -> DigitsClassifier:
   """The process-wide classifier (trained once per cache directory)."""
   return DigitsClassifier.load_or_train(cache_dir)
-
-
-def digits_metric(images_uint8: Any, reference_split: str = "test", cache_dir: Optional[str] = None) -> Dict[str, Any]:
-  """Shortcut: ``default_classifier(cache_dir).evaluate(images_uint8, reference_split)``."""
-  return default_classifier(cache_dir).evaluate(images_uint8, reference_split)

@@ -476,7 +476,7 @@ def recipe_state_dict(keys_file: Union[str, os.PathLike]) -> "collections.Ordere
 
   For tests and benchmarks: the real weights cannot be shipped.  Key ``i`` of
   the sorted key list draws from ``numpy.random.default_rng(1000 + i)``; the
-  per-key rule is in the README (conv He-normal, BN around identity, running
+  per-key rule (conv He-normal, BN around identity, running
   variance U(0.5, 1.5)), computed in float64 and stored as float32.
   """
   sd = collections.OrderedDict()

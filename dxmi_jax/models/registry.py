@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dxmi_jax.models.adm_unet import ADMUNet, adm_imagenet64, adm_lsun256
+from dxmi_jax.models.adm_unet import ADMUNet, adm_imagenet64
 from dxmi_jax.models import ddgan as _ddgan
 from dxmi_jax.models.ddpm_unet import DDPMUNet, ddpm_cifar10
 from dxmi_jax.models.igebm import IGEBMValue, igebm_nh128
@@ -143,12 +143,3 @@ register("ddpm_unet", DDPMUNet, ddpm_cifar10)
 register("adm_unet", ADMUNet, adm_imagenet64)
 register("igebm", IGEBMValue, igebm_nh128)
 register("ddgan_ncsnpp", _ddgan.DDGANGenerator, _ddgan.ddgan_cifar10, _ddgan.example_inputs)
-
-# Ready-made configs, importable from here too.
-CONFIGS = {
-  "ddpm_cifar10": ("ddpm_unet", ddpm_cifar10),
-  "adm_imagenet64": ("adm_unet", adm_imagenet64),
-  "adm_lsun256": ("adm_unet", adm_lsun256),
-  "igebm_nh128": ("igebm", igebm_nh128),
-  "ddgan_cifar10": ("ddgan_ncsnpp", _ddgan.ddgan_cifar10),
-}
