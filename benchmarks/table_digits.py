@@ -452,7 +452,7 @@ def markdown(result):
     lines.append("|---:|---:|---:|---:|---|")
     for c in result["tau_comparison"]:
       lines.append(
-        f"| {c['T']} | {c['seed']} | {c['selected']:.2f} | {c['tau0']:.2f} | {'yes' if c['selected_wins'] else 'no'} |"
+        f"| {c['T']} | {c['seed']} | {c['selected']:.2f} | {c['tau0']:.2f} | {'same runs' if c['same_runs'] else 'yes' if c['selected_wins'] else 'no'} |"
       )
   claims = result.get("claims")
   if claims:
@@ -483,10 +483,16 @@ def claims(rows):
       if a not in rows or b not in rows:
         cell[which] = "not run"
         continue
+      if rows[a].get("run") is not None and rows[a].get("run") == rows[b].get("run"):
+        cell[which] = "the same runs (τ=0 selected)"
+        continue
       fa, fb = _fd_by_seed(rows[a], which), _fd_by_seed(rows[b], which if b in DXMI_VARIANTS else "last")
       seeds = sorted(set(fa) & set(fb))
       wins = sum(fa[s] < fb[s] for s in seeds)
       cell[which] = f"{'holds' if wins == len(seeds) else 'fails'} ({wins}/{len(seeds)} seeds)"
+      wa, wb = rows[a].get("workdir"), rows[b].get("workdir")
+      if wa != wb:  # e.g. a row kept by --merge from an earlier invocation
+        cell[which] += f" [different workdirs: {wa or 'unknown'} vs {wb or 'unknown'}]"
     out.append(cell)
   return out
 
@@ -632,8 +638,18 @@ def tau_comparison(rows):
     if a not in rows or b not in rows:
       continue
     fa, fb = _fd_by_seed(rows[a], "best"), _fd_by_seed(rows[b], "best")
+    same = rows[a].get("run") == rows[b].get("run")  # τ=0 selected: one set of runs
     for seed in sorted(set(fa) & set(fb)):
-      out.append({"T": T, "seed": seed, "selected": fa[seed], "tau0": fb[seed], "selected_wins": fa[seed] < fb[seed]})
+      out.append(
+        {
+          "T": T,
+          "seed": seed,
+          "selected": fa[seed],
+          "tau0": fb[seed],
+          "selected_wins": fa[seed] < fb[seed],
+          "same_runs": same,
+        }
+      )
   return out
 
 
@@ -761,7 +777,12 @@ def _main(argv=None):
   }
   if args.merge and os.path.exists(out_json):  # keep the rows this invocation does not recompute
     with open(out_json) as f:
-      result["rows"] = {k: v for k, v in json.load(f).get("rows", {}).items() if k in ROW_ORDER and k not in rows}
+      old = json.load(f)
+    old_workdir = next((t.split("=", 1)[1] for t in old.get("command", "").split() if t.startswith("--workdir=")), None)
+    for k, v in old.get("rows", {}).items():
+      if k in ROW_ORDER and k not in rows:
+        v.setdefault("workdir", old_workdir)
+        result["rows"][k] = v
   for name in [r for r in ROW_ORDER if r in rows]:
     t0 = time.time()
     use = seeds[: args.ddpm1000_seeds] if name == "ddpm1000" and args.ddpm1000_seeds > 0 else seeds
@@ -790,6 +811,7 @@ def _main(argv=None):
         flush=True,
       )
     row = {"per_seed": per_seed, "summary": _summary(per_seed), "seconds_this_invocation": time.time() - t0}
+    row["workdir"] = os.path.abspath(args.workdir)
     if name in DXMI_VARIANTS:
       row["summary_best"] = _summary([r["best"] for r in per_seed])
       row["tau"] = _tau(resolved[name][0], resolved[name][2])
