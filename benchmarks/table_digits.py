@@ -625,7 +625,9 @@ def tau_report(study):
   sel = study["selected_scale"]
   lines.append("")
   lines.append(
-    f"Selected on val: k = {_k(sel)}." if sel is not None else "Not selected yet: the grid has unfinished runs (*)."
+    f"Selected on val: k = {_k(sel)}."
+    if sel is not None
+    else "Not selected yet: the grid has unfinished (*) or unstarted (–) runs."
   )
   return "\n".join(lines) + "\n"
 
