@@ -275,7 +275,11 @@ def run_status(run_dir, num_iters):
   evals = [(r["digits_fd"], r["step"]) for r in recs if r.get("kind") == "eval" and r.get("digits_fd") is not None]
   steps = [r["step"] for r in recs if r.get("kind") == "train"]
   last = max(steps) if steps else 0
-  done = os.path.exists(os.path.join(run_dir, "benchmark_train.json")) or _last_checkpoint(run_dir) >= num_iters
+  # finished: trained to num_iters (its final evaluation logged and the --train_only marker written),
+  # or its last checkpoint is num_iters
+  last_eval = max((s for _, s in evals), default=-1)
+  marker = os.path.exists(os.path.join(run_dir, "benchmark_train.json"))
+  done = (marker and last_eval >= num_iters) or _last_checkpoint(run_dir) >= num_iters
   best = min(evals) if evals else (None, None)
   return {"best_val_fd": best[0], "best_step": best[1], "last_step": last, "finished": bool(done)}
 
@@ -760,9 +764,23 @@ def _main(argv=None):
         if seed not in row_seeds.get(name, seeds) or (run, seed) in trained:
           continue
         trained.add((run, seed))
+        done_file = os.path.join(dxmi_run_dir(args.workdir, run, seed), "benchmark_train.json")
+        start = _last_checkpoint(dxmi_run_dir(args.workdir, run, seed))
+        if os.path.exists(done_file) and start >= _num_iters(variant, args):
+          print(f"{name} seed {seed}: already trained ({done_file})", flush=True)
+          continue
+        cpu0 = time.process_time()
         run_dir, secs = dxmi_train(ddpm_dir, args.workdir, variant, run, seed, args.dxmi_iters)
-        io.atomic_write_json(os.path.join(run_dir, "benchmark_train.json"), {"seconds": secs, "machine": _machine()})
-        print(f"{name} seed {seed}: trained in {secs:.0f} s ({run_dir})", flush=True)
+        record = {
+          "seconds": secs,  # this invocation's wall time (a resumed run: the part after resumed_from_step)
+          "cpu_seconds": time.process_time() - cpu0,  # all threads of this process
+          "resumed_from_step": max(start, 0),
+          "machine": _machine(),
+        }
+        io.atomic_write_json(done_file, record)
+        print(
+          f"{name} seed {seed}: trained in {secs:.0f} s ({record['cpu_seconds']:.0f} s CPU) ({run_dir})", flush=True
+        )
     return None
   os.makedirs(args.results, exist_ok=True)
   clf = digits_classifier.default_classifier()

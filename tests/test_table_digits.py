@@ -61,7 +61,7 @@ def test_tau_study_reads_run_folders_and_waits_for_the_grid(td, tmp_path, capsys
     row = f"dxmi_t4_tau{td._k(k)}"
     for seed, fd in enumerate(fds):
       _fake_run(w, td.RUN_ALIAS.get(row, row), seed, [(0, 50.0), (100, fd), (200, fd + 3.0)], k != 3.0 or seed == 0)
-  args = td._args([f"--workdir={w}", "--seeds=0,1", f"--results={tmp_path / 'res'}"])
+  args = td._args([f"--workdir={w}", "--seeds=0,1", "--dxmi_iters=200", f"--results={tmp_path / 'res'}"])
   study = td.tau_study(w, [0, 1], args)
   assert not study["complete"] and study["selected_scale"] is None
   g = {x["scale"]: x for x in study["grid"]}
@@ -74,7 +74,7 @@ def test_tau_study_reads_run_folders_and_waits_for_the_grid(td, tmp_path, capsys
     "run": "dxmi_t4_tau3_s1",
   }
   with pytest.raises(SystemExit) as e:
-    td.main([f"--workdir={w}", "--seeds=0,1", "--train_only", "--rows=dxmi_t10_tau_selected"])
+    td.main([f"--workdir={w}", "--seeds=0,1", "--dxmi_iters=200", "--train_only", "--rows=dxmi_t10_tau_selected"])
   assert e.value.code == 2
   assert "error: --rows: dxmi_t10_tau_selected needs the finished T=4 tau grid" in capsys.readouterr().err
   assert not os.path.exists(os.path.join(w, "ddpm"))  # refused before anything was written
@@ -84,6 +84,9 @@ def test_tau_study_reads_run_folders_and_waits_for_the_grid(td, tmp_path, capsys
     json.dump({"seconds": 1.0}, f)
   study = td.tau_study(w, [0, 1], args)
   assert study["complete"] and study["selected_scale"] == 0.3
+  # the same folders are not finished for a longer run (a marker left by a shorter one does not count)
+  longer = td._args([f"--workdir={w}", "--seeds=0,1", "--dxmi_iters=300"])
+  assert not td.tau_study(w, [0, 1], longer)["complete"]
   assert td.resolve_row("dxmi_t4_tau_selected", args, [0, 1]) == ("t4,tauscale=0.3", "dxmi_t4_tau0.3", 0.3)
   assert td.resolve_row("dxmi_t10_tau_selected", args, [0, 1]) == ("tauscale=0.3", "dxmi_t10_tau0.3", 0.3)
 
