@@ -67,7 +67,9 @@ row's seed 0, then seed 1, ...), so that partial results cover the whole grid:
         --rows=dxmi_t4_tau0,dxmi_t4_tau0.3,dxmi_t4_tau1,dxmi_t4_tau3,dxmi_t4_tau_selected,dxmi_t10_tau0,dxmi_t10_tau_selected
 
 ``--merge`` keeps the rows of the existing results/table_digits.json that the invocation does not
-compute (the headline rows stay as they are).
+compute (the headline rows stay as they are).  --train_only skips a run that has finished and writes
+benchmark_train.json into each run it trains (wall and CPU seconds of that invocation, and the step it
+resumed from).  Where the study's runs are and how far they got: results/table_digits_tau.md.
 
 Everything a step produces is cached in the workdir (ddpm/, <row>_s<seed>/ with its checkpoints and
 metrics.jsonl, rows/<row>_s<seed>.json), so an interrupted run continues where it stopped (a DxMI
