@@ -34,6 +34,43 @@ run first, several processes at once, each pinned to a core:
     taskset -c 0 python benchmarks/table_digits.py --workdir=W --train_only --rows=dxmi_t10 &
     taskset -c 1 python benchmarks/table_digits.py --workdir=W --train_only --rows=dxmi_t10_tau0,dxmi_t4 &
 
+The τ study (entropy weight τ1 and velocity weight τ2, chosen on validation only):
+
+  dxmi_t4_tau<k>         T=4 with (τ1, τ2) = k × (0.1, 0.01) for k in TAU_GRID = 0, 0.3, 1, 3
+                         (config variant ``t4,tauscale=<k>``; k = 1 is the headline dxmi_t4 config and
+                         trains in its folders, dxmi_t4_s<seed>; k = 0 is the τ=0 row at T=4)
+  dxmi_t4_tau_selected   the grid row whose k has the smallest mean over seeds of each run's best
+                         validation FD (the minimum of the run's val evaluations); a tie goes to the
+                         smaller k.  Needs every grid run of --seeds finished; the test split plays
+                         no part in the choice
+  dxmi_t10_tau_selected  T=10 at the selected k (variant ``tauscale=<k>``; k = 0 or 1 reuse the folders
+                         of dxmi_t10_tau0 or dxmi_t10, which have that config)
+  dxmi_t10_tau0          (as above) the T=10 τ=0 row
+  dxmi_t10_vlrq, dxmi_t10_lrhalf   the two T=10 overshoot variants to run on val next
+                         (configs/digits.py ``vlr_quarter``, ``lr_half``); not part of the τ study
+
+Each DxMI row records its ``tau`` (scale, tau1, tau2), config variant and run folders.  With any τ
+row in --rows, the JSON gains ``tau_study`` (every grid run's best val FD and the selection) and
+``tau_comparison`` (test FD at the best-on-val checkpoint, selected τ against τ=0, seed by seed),
+and results/digits_tau_val.png (best val FD against τ1) and results/digits_tau_sigmas.png (the σ's
+over training for τ=0 and the selected τ) are drawn.  ``--tau_val`` reports the grid on val alone,
+finished or not, without reading the test split.  With --train_only the runs go seed-major (every
+row's seed 0, then seed 1, ...), so that partial results cover the whole grid:
+
+    W=/path/outside/the/checkout
+    taskset -c 1 python benchmarks/table_digits.py --workdir=$W --train_only \
+        --rows=dxmi_t4_tau0,dxmi_t4_tau0.3,dxmi_t4_tau1,dxmi_t4_tau3
+    python benchmarks/table_digits.py --workdir=$W --tau_val
+    taskset -c 1 python benchmarks/table_digits.py --workdir=$W --train_only \
+        --rows=dxmi_t10_tau0,dxmi_t10_tau_selected
+    python benchmarks/table_digits.py --workdir=$W --merge \
+        --rows=dxmi_t4_tau0,dxmi_t4_tau0.3,dxmi_t4_tau1,dxmi_t4_tau3,dxmi_t4_tau_selected,dxmi_t10_tau0,dxmi_t10_tau_selected
+
+``--merge`` keeps the rows of the existing results/table_digits.json that the invocation does not
+compute (the headline rows stay as they are).  --train_only skips a run that has finished and writes
+benchmark_train.json into each run it trains (wall and CPU seconds of that invocation, and the step it
+resumed from).  Where the study's runs are and how far they got: results/table_digits_tau.md.
+
 Everything a step produces is cached in the workdir (ddpm/, <row>_s<seed>/ with its checkpoints and
 metrics.jsonl, rows/<row>_s<seed>.json), so an interrupted run continues where it stopped (a DxMI
 run resumes from its last checkpoint); delete the workdir to start over.
@@ -57,15 +94,28 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cach
 
 from dxmi_jax import io, modes  # noqa: E402
 
+TAU_GRID = (0.0, 0.3, 1.0, 3.0)  # scales k of (tau1, tau2) = k * (0.1, 0.01); k = 1: the headline rows' point
+
+
+def _k(k):
+  return f"{k:g}"
+
+
+TAU_ROWS_T4 = tuple(f"dxmi_t4_tau{_k(k)}" for k in TAU_GRID)
 ROW_ORDER = (
   "ddpm1000",
   "var_t10",
   "ddim_t10",
   "dxmi_t10",
   "dxmi_t10_tau0",
+  "dxmi_t10_tau_selected",
+  "dxmi_t10_vlrq",
+  "dxmi_t10_lrhalf",
   "var_t4",
   "ddim_t4",
   "dxmi_t4",
+  *TAU_ROWS_T4,
+  "dxmi_t4_tau_selected",
   "data",
 )
 LABELS = {
@@ -74,23 +124,30 @@ LABELS = {
   "ddim_t10": "DDIM (pretrained), T=10",
   "dxmi_t10": "**DxMI**, T=10",
   "dxmi_t10_tau0": "DxMI, T=10, τ=0",
+  "dxmi_t10_tau_selected": "DxMI, T=10, τ selected on val (T=4 grid)",
+  "dxmi_t10_vlrq": "DxMI, T=10, value learning rate / 4",
+  "dxmi_t10_lrhalf": "DxMI, T=10, learning rates / 2",
   "var_t4": "VAR ancestral (pretrained), T=4",
   "ddim_t4": "DDIM (pretrained), T=4",
   "dxmi_t4": "**DxMI**, T=4",
+  **{f"dxmi_t4_tau{_k(k)}": f"DxMI, T=4, τ = {_k(k)} × (0.1, 0.01)" for k in TAU_GRID},
+  "dxmi_t4_tau_selected": "DxMI, T=4, τ selected on val",
   "data": "real fit images (metric floor)",
 }
-NFE = {
-  "ddpm1000": 1000,
-  "var_t10": 10,
-  "ddim_t10": 10,
-  "dxmi_t10": 10,
-  "dxmi_t10_tau0": 10,
-  "var_t4": 4,
-  "ddim_t4": 4,
-  "dxmi_t4": 4,
-  "data": "–",
+NFE = {n: 1000 if n == "ddpm1000" else "–" if n == "data" else int(n.split("_t")[1].split("_")[0]) for n in ROW_ORDER}
+# config variants of the DxMI rows (configs/digits.py); the *_tau_selected rows get theirs from the τ study
+DXMI_VARIANTS = {
+  "dxmi_t10": "",
+  "dxmi_t10_tau0": "tau0",
+  "dxmi_t10_tau_selected": None,
+  "dxmi_t10_vlrq": "vlr_quarter",
+  "dxmi_t10_lrhalf": "lr_half",
+  "dxmi_t4": "t4",
+  **{f"dxmi_t4_tau{_k(k)}": f"t4,tauscale={_k(k)}" for k in TAU_GRID},
+  "dxmi_t4_tau_selected": None,
 }
-DXMI_VARIANTS = {"dxmi_t10": "", "dxmi_t10_tau0": "tau0", "dxmi_t4": "t4"}
+# rows whose config equals another row's train in that row's folders (no run twice)
+RUN_ALIAS = {"dxmi_t4_tau1": "dxmi_t4"}
 METRICS = ("fd", "precision", "recall", "class_tv", "min_class_frac")
 
 
@@ -110,6 +167,17 @@ def _args(argv=None):
   )
   p.add_argument("--dxmi_iters", type=int, default=-1, help="DxMI iterations; -1: the config's")
   p.add_argument("--rows", default=",".join(ROW_ORDER), help="subset of " + ",".join(ROW_ORDER))
+  p.add_argument(
+    "--tau_val",
+    action="store_true",
+    help="only report the T=4 τ grid on validation (finished runs or not): results/table_digits_tau_val.json, "
+    "results/digits_tau_val.png, results/digits_tau_sigmas.png; reads no test data, trains nothing",
+  )
+  p.add_argument(
+    "--merge",
+    action="store_true",
+    help="keep the rows of the existing results/table_digits.json that this invocation does not compute",
+  )
   p.add_argument(
     "--train_only",
     action="store_true",
@@ -170,22 +238,136 @@ def dxmi_run_dir(workdir, name, seed):
   return os.path.join(workdir, f"{name}_s{seed}")
 
 
-def dxmi_train(ddpm_dir, workdir, name, seed, iters):
-  """Fine-tunes (or resumes, or reuses) the DxMI run of (row, seed); returns its folder and seconds."""
-  run_dir = dxmi_run_dir(workdir, name, seed)
+class UsageError(Exception):
+  """A bad option or a row that cannot be run yet: one ``error:`` line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- the τ study
+SELECTION_RULE = (
+  "the tau scale with the smallest mean over seeds of each run's best validation FD "
+  "(digits FD against the val split, the minimum over the run's evaluations); a tie goes to the smaller tau"
+)
+
+
+def select_tau(best_val):
+  """The selection rule on ``{scale: [best val FD of each seed]}``: (selected scale, {scale: mean}).
+
+  Every scale must carry the same, non-zero number of seeds (a mean over fewer seeds is no comparison).
+  The smallest mean wins; exact ties go to the smaller scale.
+  """
+  if not best_val:
+    raise ValueError("select_tau: no tau scales")
+  counts = {len(v) for v in best_val.values()}
+  if len(counts) != 1 or 0 in counts:
+    raise ValueError(f"select_tau: every tau scale needs the same non-zero number of seeds, got {sorted(counts)}")
+  bad = [k for k, v in best_val.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  if bad:
+    raise ValueError(f"select_tau: non-finite validation FD for tau scale(s) {sorted(bad)}")
+  means = {float(k): float(np.mean(np.asarray(v, np.float64))) for k, v in best_val.items()}
+  return min(means, key=lambda k: (means[k], k)), means
+
+
+def _num_iters(variant, args):
+  return args.dxmi_iters if args.dxmi_iters > 0 else int(_config(variant or "").training.num_iters)
+
+
+def run_status(run_dir, num_iters):
+  """(best val FD, its step, last trained step, finished?) of a DxMI run folder, from its metrics.jsonl."""
+  from dxmi_jax import writers  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(run_dir, "metrics.jsonl")
+  recs = writers.read_jsonl(path) if os.path.exists(path) else []
+  evals = [(r["digits_fd"], r["step"]) for r in recs if r.get("kind") == "eval" and r.get("digits_fd") is not None]
+  steps = [r["step"] for r in recs if r.get("kind") == "train"]
+  last = max(steps) if steps else 0
+  # finished: trained to num_iters (its final evaluation logged and the --train_only marker written),
+  # or its last checkpoint is num_iters
+  last_eval = max((s for _, s in evals), default=-1)
+  marker = os.path.exists(os.path.join(run_dir, "benchmark_train.json"))
+  done = (marker and last_eval >= num_iters) or _last_checkpoint(run_dir) >= num_iters
+  best = min(evals) if evals else (None, None)
+  return {"best_val_fd": best[0], "best_step": best[1], "last_step": last, "finished": bool(done)}
+
+
+def _last_checkpoint(run_dir):
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    return -1
+  from dxmi_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+
+  steps = ckpt_lib.committed_steps(run_dir)
+  return steps[-1] if steps else -1
+
+
+def tau_study(workdir, seeds, args):
+  """The T=4 τ grid on validation only: each run's best val FD, and the selected scale once every run finished."""
+  from configs import digits as digits_cfg  # pylint: disable=import-outside-toplevel
+
+  grid = []
+  for k in TAU_GRID:
+    row = f"dxmi_t4_tau{_k(k)}"
+    iters = _num_iters(DXMI_VARIANTS[row], args)
+    runs = {}
+    for seed in seeds:
+      runs[str(seed)] = run_status(dxmi_run_dir(workdir, RUN_ALIAS.get(row, row), seed), iters)
+      runs[str(seed)]["run"] = f"{RUN_ALIAS.get(row, row)}_s{seed}"
+    done = [r["best_val_fd"] for r in runs.values() if r["finished"]]
+    grid.append(
+      {
+        "row": row,
+        "scale": k,
+        "tau1": digits_cfg.TAU1 * k,
+        "tau2": digits_cfg.TAU2 * k,
+        "runs": runs,
+        "finished": len(done) == len(seeds),
+        "mean_best_val_fd_finished": float(np.mean(done)) if done else None,
+      }
+    )
+  out = {"rule": SELECTION_RULE, "seeds": list(seeds), "grid": grid, "selected_scale": None, "means": None}
+  out["complete"] = all(g["finished"] for g in grid)
+  if out["complete"]:
+    sel, means = select_tau({g["scale"]: [g["runs"][str(s)]["best_val_fd"] for s in seeds] for g in grid})
+    out["selected_scale"], out["means"] = sel, {_k(k): v for k, v in means.items()}
+  return out
+
+
+def resolve_row(name, args, seeds):
+  """(config variant, run-folder name, tau scale or None) of a DxMI row; the selected rows need the finished grid."""
+  if DXMI_VARIANTS[name] is not None:
+    from configs import digits as digits_cfg  # pylint: disable=import-outside-toplevel
+
+    scale = round(float(_config(DXMI_VARIANTS[name]).dxmi.tau1) / digits_cfg.TAU1, 6)
+    return DXMI_VARIANTS[name], RUN_ALIAS.get(name, name), scale
+  study = tau_study(args.workdir, seeds, args)
+  if not study["complete"]:
+    missing = [r["run"] for g in study["grid"] for r in g["runs"].values() if not r["finished"]]
+    raise UsageError(
+      f"--rows: {name} needs the finished T=4 tau grid on seeds {','.join(map(str, seeds))} under "
+      f"{args.workdir}; unfinished: {', '.join(missing)} (run --train_only --rows={','.join(TAU_ROWS_T4)} first)"
+    )
+  k = study["selected_scale"]
+  if name == "dxmi_t4_tau_selected":
+    return resolve_row(f"dxmi_t4_tau{_k(k)}", args, seeds)
+  # T=10 at the selected scale: the folders of the T=10 row with the same config where there is one
+  run = {0.0: "dxmi_t10_tau0", 1.0: "dxmi_t10"}.get(k, f"dxmi_t10_tau{_k(k)}")
+  return f"tauscale={_k(k)}", run, k
+
+
+def dxmi_train(ddpm_dir, workdir, variant, run, seed, iters):
+  """Fine-tunes (or resumes, or reuses) the DxMI run folder <run>_s<seed>; returns it and the seconds."""
+  run_dir = dxmi_run_dir(workdir, run, seed)
   over = dict(init__policy_checkpoint=ddpm_dir, training__seed=seed)
   if iters > 0:
     over["training__num_iters"] = iters
   t0 = time.time()
-  modes.run(_config(DXMI_VARIANTS[name], **over), run_dir, "train")
+  modes.run(_config(variant, **over), run_dir, "train")
   return run_dir, time.time() - t0
 
 
-def dxmi_samplers(name, run_dir):
+def dxmi_samplers(variant, run_dir):
   """{"last": (policy, params, step), "best": ...} of a finished DxMI run (best by the val metric)."""
   from dxmi_jax import checkpoint as ckpt_lib, experiment  # pylint: disable=import-outside-toplevel
 
-  exp = experiment.build(_config(DXMI_VARIANTS[name]))
+  exp = experiment.build(_config(variant))
   out = {}
   for which in ("last", "best"):
     raw, _ = ckpt_lib.load_raw(run_dir, best=which == "best")
@@ -209,6 +391,10 @@ def learning_curves(run_dir):
     "pos_e": [r.get("ebm/pos_e") for r in train],
     "neg_e": [r.get("ebm/neg_e") for r in train],
     "sigma": [[r.get(k) for k in sig_keys] for r in train],
+    # the overshoot study's traces (absent from runs logged before these keys existed)
+    "v_loss": [r.get("ebm/v_loss") for r in train],
+    "ebm_grad_norm": [r.get("ebm/grad_norm") for r in train],
+    "policy_grad_norm": [r.get("sampler/grad_norm") for r in train],
     "eval_step": [r["step"] for r in evals],
     "val_fd": [r["digits_fd"] for r in evals],
   }
@@ -260,6 +446,23 @@ def markdown(result):
       lines.append(_line(LABELS[name] + ", best on val", NFE[name], row["summary_best"], n, f"selected: {steps}"))
     else:
       lines.append(_line(LABELS[name], NFE[name], row["summary"], n))
+  tau_rows = [(n, r) for n, r in result["rows"].items() if "tau" in r]
+  if tau_rows:
+    lines += ["", "| DxMI row | τ1 | τ2 | config variant | run folders |", "|---|---:|---:|---|---|"]
+    for name, row in tau_rows:
+      lines.append(
+        f"| {name} | {row['tau']['tau1']:g} | {row['tau']['tau2']:g} | `{row.get('variant', '')}` | {row.get('run', name)}_s* |"
+      )
+  if result.get("tau_study"):
+    lines += ["", "τ grid at T=4, on the val split only (selection rule: " + result["tau_study"]["rule"] + "):", ""]
+    lines.append(tau_report(result["tau_study"]).rstrip("\n"))
+  if result.get("tau_comparison"):
+    lines += ["", "| T | seed | test FD, τ selected (best on val) | test FD, τ=0 (best on val) | selected < τ=0 |"]
+    lines.append("|---:|---:|---:|---:|---|")
+    for c in result["tau_comparison"]:
+      lines.append(
+        f"| {c['T']} | {c['seed']} | {c['selected']:.2f} | {c['tau0']:.2f} | {'same runs' if c['same_runs'] else 'yes' if c['selected_wins'] else 'no'} |"
+      )
   claims = result.get("claims")
   if claims:
     lines += ["", "| claim (matched seeds, test FD) | last | best on val |", "|---|---|---|"]
@@ -279,6 +482,8 @@ def claims(rows):
     ("DxMI T=10 < DDIM T=10", "dxmi_t10", "ddim_t10"),
     ("DxMI T=4 < VAR T=4", "dxmi_t4", "var_t4"),
     ("DxMI T=10 (τ>0) < DxMI T=10 τ=0", "dxmi_t10", "dxmi_t10_tau0"),
+    ("DxMI T=4, τ selected on val < τ=0", "dxmi_t4_tau_selected", "dxmi_t4_tau0"),
+    ("DxMI T=10, τ selected on val < τ=0", "dxmi_t10_tau_selected", "dxmi_t10_tau0"),
   ]
   out = []
   for text, a, b in tests:
@@ -287,10 +492,16 @@ def claims(rows):
       if a not in rows or b not in rows:
         cell[which] = "not run"
         continue
+      if rows[a].get("run") is not None and rows[a].get("run") == rows[b].get("run"):
+        cell[which] = "the same runs (τ=0 selected)"
+        continue
       fa, fb = _fd_by_seed(rows[a], which), _fd_by_seed(rows[b], which if b in DXMI_VARIANTS else "last")
       seeds = sorted(set(fa) & set(fb))
       wins = sum(fa[s] < fb[s] for s in seeds)
       cell[which] = f"{'holds' if wins == len(seeds) else 'fails'} ({wins}/{len(seeds)} seeds)"
+      wa, wb = rows[a].get("workdir"), rows[b].get("workdir")
+      if wa != wb:  # e.g. a row kept by --merge from an earlier invocation
+        cell[which] += f" [different workdirs: {wa or 'unknown'} vs {wb or 'unknown'}]"
     out.append(cell)
   return out
 
@@ -302,7 +513,7 @@ def plot_curves(rows, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  names = [n for n in DXMI_VARIANTS if n in rows]
+  names = [n for n in DXMI_VARIANTS if n in rows and n not in TAU_ROWS_T4]  # the grid: digits_tau_*.png
   fig, axes = plt.subplots(len(names), 3, figsize=(15, 3.6 * len(names)), squeeze=False)
   for i, name in enumerate(names):
     ax_fd, ax_e, ax_s = axes[i]
@@ -345,7 +556,12 @@ def _machine():
   }
 
 
-def _seed_record(name, seed, args, ddpm_dir, clf):
+def _tau(variant, scale):
+  c = _config(variant or "")
+  return {"scale": scale, "tau1": float(c.dxmi.tau1), "tau2": float(c.dxmi.tau2)}
+
+
+def _seed_record(name, seed, args, ddpm_dir, clf, resolved=None):
   """One (row, seed) record against the test split, with its sample images."""
   from dxmi_jax.data import digits as digits_data  # pylint: disable=import-outside-toplevel
 
@@ -354,8 +570,9 @@ def _seed_record(name, seed, args, ddpm_dir, clf):
     imgs, _ = digits_data.digits_arrays("fit")
     imgs = imgs[np.random.default_rng(seed).choice(len(imgs), args.num_samples, replace=False)]
   elif name in DXMI_VARIANTS:
-    run_dir, secs = dxmi_train(ddpm_dir, args.workdir, name, seed, args.dxmi_iters)
-    samplers = dxmi_samplers(name, run_dir)
+    variant, run, scale = resolved
+    run_dir, secs = dxmi_train(ddpm_dir, args.workdir, variant, run, seed, args.dxmi_iters)
+    samplers = dxmi_samplers(variant, run_dir)
     for which in ("best", "last"):
       policy, params, step = samplers[which]
       imgs = generate(policy, params, args.num_samples, 1000 + seed)
@@ -365,6 +582,7 @@ def _seed_record(name, seed, args, ddpm_dir, clf):
       if which == "best":
         rec["best"] = m
     rec.update(m)
+    rec.update(variant=variant, run=run, tau=_tau(variant, scale))
     rec["num_iters"] = int(samplers["last"][2])
     rec["train_seconds_this_invocation"] = secs
     done = os.path.join(run_dir, "benchmark_train.json")  # written by the --train_only process that trained it
@@ -381,35 +599,199 @@ def _seed_record(name, seed, args, ddpm_dir, clf):
   return rec, imgs
 
 
-def main(argv=None):
-  args = _args(argv)
-  from dxmi_jax.metrics import digits_classifier  # pylint: disable=import-outside-toplevel
+def _seed_list(text, what):
+  try:
+    out = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise UsageError(f"{what}: expected comma-separated integer seeds, got {text!r}") from None
+  if not out:
+    raise UsageError(f"{what}: no seeds in {text!r}")
+  return out
 
-  seeds = [int(s) for s in args.seeds.split(",")]
+
+def tau_report(study):
+  """The τ grid on val as markdown (one line per scale, one column per seed; * = unfinished run)."""
+  seeds = study["seeds"]
+  lines = [
+    "| τ scale k | τ1 | τ2 | " + " | ".join(f"best val FD, seed {s} (step)" for s in seeds) + " | mean (finished) |",
+    "|---:|---:|---:|" + "---:|" * (len(seeds) + 1),
+  ]
+  for g in study["grid"]:
+    cells = []
+    for s in seeds:
+      r = g["runs"][str(s)]
+      if r["best_val_fd"] is None:
+        cells.append("–")
+      else:
+        star = "" if r["finished"] else f"* (at {r['last_step']})"
+        cells.append(f"{r['best_val_fd']:.2f} ({r['best_step']}){star}")
+    mean = g["mean_best_val_fd_finished"]
+    lines.append(
+      f"| {_k(g['scale'])} | {g['tau1']:g} | {g['tau2']:g} | "
+      + " | ".join(cells)
+      + f" | {'–' if mean is None else f'{mean:.2f}'} |"
+    )
+  sel = study["selected_scale"]
+  lines.append("")
+  lines.append(
+    f"Selected on val: k = {_k(sel)}."
+    if sel is not None
+    else "Not selected yet: the grid has unfinished (*) or unstarted (–) runs."
+  )
+  return "\n".join(lines) + "\n"
+
+
+def tau_comparison(rows):
+  """Test FD at the best-on-val checkpoint, selected τ against τ = 0, seed by seed, at T=4 and T=10."""
+  out = []
+  for T in (4, 10):
+    a, b = f"dxmi_t{T}_tau_selected", f"dxmi_t{T}_tau0"
+    if a not in rows or b not in rows:
+      continue
+    fa, fb = _fd_by_seed(rows[a], "best"), _fd_by_seed(rows[b], "best")
+    same = rows[a].get("run") == rows[b].get("run")  # τ=0 selected: one set of runs
+    for seed in sorted(set(fa) & set(fb)):
+      out.append(
+        {
+          "T": T,
+          "seed": seed,
+          "selected": fa[seed],
+          "tau0": fb[seed],
+          "selected_wins": fa[seed] < fb[seed],
+          "same_runs": same,
+        }
+      )
+  return out
+
+
+def plot_tau(study, path):
+  """Best validation FD of every run against τ1 (per seed, mean of finished runs), the selection marked."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, seed in enumerate(study["seeds"]):
+    pts = [(g["tau1"], g["runs"][str(seed)]) for g in study["grid"] if g["runs"][str(seed)]["best_val_fd"] is not None]
+    for x, r in pts:
+      ax.plot(x, r["best_val_fd"], "o", color=f"C{i}", mfc=f"C{i}" if r["finished"] else "none")
+    ax.plot([], [], "o", color=f"C{i}", label=f"seed {seed}")
+  means = [(g["tau1"], g["mean_best_val_fd_finished"]) for g in study["grid"] if g["finished"]]
+  if means:
+    ax.plot(*zip(*means), "k-", label="mean over seeds")
+  if study["selected_scale"] is not None:
+    g = next(g for g in study["grid"] if g["scale"] == study["selected_scale"])
+    ax.plot(g["tau1"], g["mean_best_val_fd_finished"], "r*", ms=14, label="selected")
+  ax.set_xscale("symlog", linthresh=0.01)
+  ax.set(xlabel="τ1 (τ2 = τ1 / 10)", ylabel="best digits FD on val", title="DxMI T=4: the τ grid (hollow: unfinished)")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def plot_tau_sigmas(runs, path):
+  """The sigmas over training of the given {label: run folder} (sampling order, log scale)."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False, sharey=True)
+  for ax, (label, run_dir) in zip(axes[0], runs.items()):
+    c = learning_curves(run_dir) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else None
+    sig = np.asarray(c["sigma"], np.float64) if c and c["sigma"] else np.zeros((0, 0))
+    for t in range(sig.shape[1] if sig.ndim == 2 else 0):
+      ax.plot(c["train_step"], sig[:, t], label=f"σ_{t}")
+    ax.set(title=label, xlabel="iteration", yscale="log")
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_tau_val(args, seeds):
+  """--tau_val: the T=4 τ grid on validation only (finished or not), its plots; no test split is read."""
+  study = tau_study(args.workdir, seeds, args)
+  os.makedirs(args.results, exist_ok=True)
+  io.atomic_write_json(os.path.join(args.results, "table_digits_tau_val.json"), study)
+  plot_tau(study, os.path.join(args.results, "digits_tau_val.png"))
+  s0 = str(seeds[0])
+  runs = {f"τ = 0, T=4, seed {s0}": dxmi_run_dir(args.workdir, "dxmi_t4_tau0", s0)}
+  if study["selected_scale"] is not None:
+    k = study["selected_scale"]
+    row = f"dxmi_t4_tau{_k(k)}"
+    runs[f"selected k = {_k(k)}, T=4, seed {s0}"] = dxmi_run_dir(args.workdir, RUN_ALIAS.get(row, row), s0)
+  plot_tau_sigmas(runs, os.path.join(args.results, "digits_tau_sigmas.png"))
+  print(tau_report(study))
+  return study
+
+
+def main(argv=None):
+  try:
+    return _main(argv)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _main(argv=None):
+  args = _args(argv)
+  seeds = _seed_list(args.seeds, "--seeds")
   rows = [r for r in args.rows.split(",") if r]
   row_seeds = {}
   for item in filter(None, args.row_seeds.split(";")):
     name, _, spec = item.partition("=")
-    row_seeds[name.strip()] = [int(v) for v in spec.split(",") if v.strip()]
+    row_seeds[name.strip()] = _seed_list(spec, f"--row_seeds ({name.strip()})")
   bad = [r for r in list(rows) + list(row_seeds) if r not in ROW_ORDER]
   if bad:
-    raise SystemExit(f"--rows: unknown {bad}; expected a subset of {ROW_ORDER}")
+    raise UsageError(f"--rows: unknown {bad}; expected a subset of {','.join(ROW_ORDER)}")
+  if args.tau_val:
+    return write_tau_val(args, seeds)
+  # the DxMI rows' configs; the selected-τ rows need the finished grid (checked before anything is written)
+  resolved = {name: resolve_row(name, args, seeds) for name in rows if name in DXMI_VARIANTS}
+  from dxmi_jax.metrics import digits_classifier  # pylint: disable=import-outside-toplevel
+
   os.makedirs(args.workdir, exist_ok=True)
   rows_dir = os.path.join(args.workdir, "rows")
   os.makedirs(rows_dir, exist_ok=True)
   t_start = time.time()
   ddpm_dir, pretrain_seconds = pretrain(args.workdir)
   if args.train_only:
-    jobs = [(name, seed) for name in rows if name in DXMI_VARIANTS for seed in seeds]
+    # seed-major: every row's seed 0 first, then seed 1, ... (partial results cover every row)
+    names = [r for r in rows if r in DXMI_VARIANTS]
+    order = list(dict.fromkeys(seeds + [s for n in names for s in row_seeds.get(n, [])]))
+    jobs, trained = [], set()
+    for seed in order:
+      for name in names:
+        run = resolved[name][1]
+        if seed in row_seeds.get(name, seeds) and (run, seed) not in trained:
+          trained.add((run, seed))
+          jobs.append((name, seed))
     bar = tqdm(jobs, desc="table_digits --train_only", unit="run", dynamic_ncols=True)
     for name, seed in bar:
+      variant, run, _ = resolved[name]
+      done_file = os.path.join(dxmi_run_dir(args.workdir, run, seed), "benchmark_train.json")
+      start = _last_checkpoint(dxmi_run_dir(args.workdir, run, seed))
+      if os.path.exists(done_file) and start >= _num_iters(variant, args):
+        tqdm.write(f"{name} seed {seed}: already trained ({done_file})")
+        continue
       bar.set_description_str(f"{name} seed {seed}: compiling, then training")
-      run_dir, secs = dxmi_train(ddpm_dir, args.workdir, name, seed, args.dxmi_iters)
-      io.atomic_write_json(os.path.join(run_dir, "benchmark_train.json"), {"seconds": secs, "machine": _machine()})
-      tqdm.write(f"{name} seed {seed}: trained in {secs:.0f} s ({run_dir})")
+      cpu0 = time.process_time()
+      run_dir, secs = dxmi_train(ddpm_dir, args.workdir, variant, run, seed, args.dxmi_iters)
+      record = {
+        "seconds": secs,  # this invocation's wall time (a resumed run: the part after resumed_from_step)
+        "cpu_seconds": time.process_time() - cpu0,  # all threads of this process
+        "resumed_from_step": max(start, 0),
+        "machine": _machine(),
+      }
+      io.atomic_write_json(done_file, record)
+      tqdm.write(f"{name} seed {seed}: trained in {secs:.0f} s ({record['cpu_seconds']:.0f} s CPU) ({run_dir})")
     return None
   os.makedirs(args.results, exist_ok=True)
   clf = digits_classifier.default_classifier()
+  out_json = os.path.join(args.results, "table_digits.json")
   result = {
     "command": "python benchmarks/table_digits.py " + " ".join(sys.argv[1:] if argv is None else argv),
     "machine": _machine(),
@@ -420,8 +802,15 @@ def main(argv=None):
     "pretrain_seconds": pretrain_seconds,
     "rows": {},
   }
-  out_json = os.path.join(args.results, "table_digits.json")
   seeds_of = {}
+  if args.merge and os.path.exists(out_json):  # keep the rows this invocation does not recompute
+    with open(out_json) as f:
+      old = json.load(f)
+    old_workdir = next((t.split("=", 1)[1] for t in old.get("command", "").split() if t.startswith("--workdir=")), None)
+    for k, v in old.get("rows", {}).items():
+      if k in ROW_ORDER and k not in rows:
+        v.setdefault("workdir", old_workdir)
+        result["rows"][k] = v
   for name in [r for r in ROW_ORDER if r in rows]:
     use = seeds[: args.ddpm1000_seeds] if name == "ddpm1000" and args.ddpm1000_seeds > 0 else seeds
     seeds_of[name] = row_seeds.get(name, use)
@@ -433,12 +822,15 @@ def main(argv=None):
       cache = os.path.join(rows_dir, f"{name}_s{seed}.json")
       what = "training (compiling first), " if name in DXMI_VARIANTS else "compiling the sampler, "
       bar.set_description_str(f"{name} seed {seed}: {what}sampling {args.num_samples}, scoring")
+      rec = None
       if os.path.exists(cache):
         with open(cache) as f:
           rec = json.load(f)
-      else:
+        if name in resolved and rec.get("run", resolved[name][1]) != resolved[name][1]:
+          rec = None  # cached for another run folder (not expected: the selection is made once)
+      if rec is None:
         t1 = time.time()
-        rec, imgs = _seed_record(name, seed, args, ddpm_dir, clf)
+        rec, imgs = _seed_record(name, seed, args, ddpm_dir, clf, resolved.get(name))
         rec["seconds"] = time.time() - t1
         if seed == use[0]:
           _save_grid(os.path.join(args.results, f"digits_{name}.png"), imgs)
@@ -451,10 +843,24 @@ def main(argv=None):
         + (f" | best (step {rec['best']['step']}) fd={rec['best']['fd']:.3f}" if "best" in rec else "")
       )
     row = {"per_seed": per_seed, "summary": _summary(per_seed), "seconds_this_invocation": time.time() - t0}
+    row["workdir"] = os.path.abspath(args.workdir)
     if name in DXMI_VARIANTS:
       row["summary_best"] = _summary([r["best"] for r in per_seed])
+      row["tau"] = _tau(resolved[name][0], resolved[name][2])
+      row["variant"], row["run"] = resolved[name][0], resolved[name][1]
     result["rows"][name] = row
   bar.close()
+  if any(n in rows for n in (*TAU_ROWS_T4, "dxmi_t4_tau_selected", "dxmi_t10_tau_selected")):
+    result["tau_study"] = tau_study(args.workdir, seeds, args)
+    result["tau_comparison"] = tau_comparison(result["rows"])
+    plot_tau(result["tau_study"], os.path.join(args.results, "digits_tau_val.png"))
+    runs = {}
+    for T in (4, 10):
+      for n in (f"dxmi_t{T}_tau0", f"dxmi_t{T}_tau_selected"):
+        if n in resolved:
+          runs[f"{LABELS[n]}, seed {seeds[0]}"] = dxmi_run_dir(args.workdir, resolved[n][1], seeds[0])
+    if runs:
+      plot_tau_sigmas(runs, os.path.join(args.results, "digits_tau_sigmas.png"))
   result["claims"] = claims(result["rows"])
   if any(n in result["rows"] for n in DXMI_VARIANTS):
     plot_curves(result["rows"], os.path.join(args.results, "digits_curves.png"))

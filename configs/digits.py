@@ -47,6 +47,10 @@ tau1 0.1, tau2 0.01, gamma 1, AVR 0.99, sigmoid time cost).  Changed settings, a
 Variants (``--config=configs/digits.py:<variant>``, comma-separated):
   default  T=10                 t4  T=4
   tau0     tau1 = tau2 = 0 (no entropy bonus, no velocity cost: the ablation of the paper)
+  tauscale=<k>   tau1 = 0.1 k, tau2 = 0.01 k (the tau study of benchmarks/table_digits.py; k >= 0,
+           k = 1 is the default, k = 0 is tau0)
+  lr_half      policy, sigma and value learning rates halved (2e-6, 2e-4, 2e-4)   } the two T=10
+  vlr_quarter  value (= energy) learning rate / 4 (1e-4), the policy's unchanged   } overshoot variants
   smoke    tiny nets (UNet without downsampling, IGEBM nh 8), 2 pretrain and 2 DxMI
            iterations of batch 8, for tests.
 
@@ -58,6 +62,7 @@ Variants (``--config=configs/digits.py:<variant>``, comma-separated):
 from configs import default
 
 IMAGE_SIZE = 8
+TAU1, TAU2 = 0.1, 0.01  # the CIFAR-10 trainer's; ``tauscale=<k>`` scales both by k
 
 
 def get_config(variant: str = ""):
@@ -84,8 +89,8 @@ def get_config(variant: str = ""):
   c.value = default.network("igebm", nh=32, in_chan=1)
   c.energy = c.value.copy_and_resolve_references()
 
-  c.dxmi.tau1 = 0.1
-  c.dxmi.tau2 = 0.01
+  c.dxmi.tau1 = TAU1
+  c.dxmi.tau2 = TAU2
 
   c.optim.policy_lr = 4e-6
   c.optim.policy_sigma_lr = 4e-4
@@ -119,11 +124,34 @@ def get_config(variant: str = ""):
     elif v == "tau0":
       c.dxmi.tau1 = 0.0
       c.dxmi.tau2 = 0.0
+    elif v.startswith("tauscale="):
+      k = tau_scale(v.partition("=")[2])
+      c.dxmi.tau1 = TAU1 * k
+      c.dxmi.tau2 = TAU2 * k
+    elif v == "lr_half":
+      c.optim.policy_lr /= 2
+      c.optim.policy_sigma_lr /= 2
+      c.optim.value_lr /= 2
+    elif v == "vlr_quarter":
+      c.optim.value_lr /= 4
     elif v == "smoke":
       smoke(c)
     else:
-      raise ValueError(f"configs/digits.py: unknown variant {v!r}; expected t4, tau0 or smoke")
+      raise ValueError(
+        f"configs/digits.py: unknown variant {v!r}; expected t4, tau0, tauscale=<k>, lr_half, vlr_quarter or smoke"
+      )
   return c
+
+
+def tau_scale(text: str) -> float:
+  """The k of ``tauscale=<k>``: a finite number >= 0 (tau1 = 0.1 k, tau2 = 0.01 k)."""
+  try:
+    k = float(text)
+  except ValueError:
+    k = float("nan")
+  if not k >= 0 or k == float("inf"):
+    raise ValueError(f"configs/digits.py: variant tauscale={text!r}: expected a finite number >= 0")
+  return k
 
 
 def smoke(c):

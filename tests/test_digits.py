@@ -31,6 +31,24 @@ def test_config_variants():
   # trains on fit, selects on val (never on test), and evaluates the starting sampler too
   assert (c.data.split, c.eval.evaluators, c.eval.digits_reference) == ("fit", "digits", "val")
   assert c.training.best_metric == "min:digits_fd" and c.training.eval_at_start and c.training.eval_every > 0
+  # the τ study's grid: both weights scaled together; k = 1 is the default point, k = 0 the tau0 ablation
+  for k in (0.0, 0.3, 1.0, 3.0):
+    g = _config(f"t4,tauscale={k:g}")
+    assert g.policy.num_steps == 4
+    assert (g.dxmi.tau1, g.dxmi.tau2) == pytest.approx((0.1 * k, 0.01 * k), rel=1e-12, abs=0)
+  assert (_config("tauscale=1").dxmi.tau1, _config("tauscale=1").dxmi.tau2) == (c.dxmi.tau1, c.dxmi.tau2)
+  assert (_config("tauscale=0").dxmi.tau1, _config("tauscale=0").dxmi.tau2) == (t0.dxmi.tau1, t0.dxmi.tau2)
+  for bad in ("tauscale=-0.5", "tauscale=abc", "tauscale=inf", "tauscale="):
+    with pytest.raises(ValueError, match="expected a finite number >= 0"):
+      _config(bad)
+  # the two T=10 overshoot variants: learning rates only
+  h, q = _config("lr_half"), _config("vlr_quarter")
+  assert (h.optim.policy_lr, h.optim.policy_sigma_lr, h.optim.value_lr) == pytest.approx(
+    (c.optim.policy_lr / 2, c.optim.policy_sigma_lr / 2, c.optim.value_lr / 2)
+  )
+  assert (q.optim.policy_lr, q.optim.policy_sigma_lr, q.optim.value_lr) == pytest.approx(
+    (c.optim.policy_lr, c.optim.policy_sigma_lr, c.optim.value_lr / 4)
+  )
   s = _config("smoke,t4")
   assert s.training.num_iters == 2 and s.pretrain.num_iters == 2 and s.policy.num_steps == 4
   with pytest.raises(ValueError, match="unknown variant"):
