@@ -92,6 +92,7 @@ def parse_args(argv=None):
   p.add_argument("--iters", type=int, default=-1, help="EBM iterations (-1: the config's)")
   p.add_argument("--out", default=os.path.join(REPO, "results", "table_anomaly"))
   p.add_argument("--workdir", default="/tmp/table_anomaly", help="per-row cache")
+  p.add_argument("--cached_only", action="store_true", help="compute nothing: tabulate the rows in --workdir")
   return p.parse_args(argv)
 
 
@@ -285,8 +286,9 @@ def markdown(table, means, found, methods, meta):
       lines.append(f"| {g} | {label} | {v['first']:.3f} | {v['second']:.3f} | {v['wins']} of {v['of']} |")
   lines += [
     "",
-    f"Machine: {meta['machine']}; wall time {meta['wall_minutes']:.1f} min for the rows computed by "
-    f"`{meta['command']}` (cached rows not counted).",
+    f"Rows finished: {meta['rows_finished']} of {meta['rows_planned']}. Machine: {meta['machine']}; wall time "
+    f"{meta['wall_minutes']:.1f} min for the rows computed by `{meta['command']}` (cached rows not counted; "
+    f"the seconds of every row are in the JSON).",
   ]
   return "\n".join(lines) + "\n"
 
@@ -328,6 +330,8 @@ def main(argv=None):
     if os.path.exists(cache):
       rows[(t.name, m)] = json.load(open(cache))
       continue
+    if args.cached_only:
+      continue
     if tqdm:
       bar.set_postfix_str(f"{t.name} {m} (compiling on first use)" if m in EBM_METHODS else f"{t.name} {m}")
     r = run_row(t, m, args.iters)
@@ -349,6 +353,8 @@ def main(argv=None):
     "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
     f"({jax.default_backend()}), load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f}",
     "command": "python benchmarks/table_anomaly.py " + " ".join(sys.argv[1:] if argv is None else argv),
+    "rows_finished": len(rows),
+    "rows_planned": len(todo),
     "wall_minutes": (time.time() - t_start) / 60.0,
     "row_seconds": {f"{n}|{m}": r["seconds"] for (n, m), r in rows.items()},
   }
