@@ -57,9 +57,7 @@ import functools
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
@@ -328,14 +326,7 @@ def save_pretrained(
   cfg = registry.resolve_config(arch, **overrides)
   params_to_state_dict(params, arch, cfg, extras)  # validates structure and shapes
   out_dir = os.path.abspath(os.fspath(out_dir))
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
-  try:
+  with io.atomic_dir(out_dir, overwrite) as tmp:
     extras = {k: np.asarray(v, np.float32) for k, v in (extras or {}).items()}
     tree = {"params": jax.tree.map(np.asarray, params)}
     if extras:
@@ -351,12 +342,6 @@ def save_pretrained(
     }
     with open(os.path.join(tmp, _META), "w", encoding="utf-8") as f:
       json.dump(meta, f, indent=2)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
   return out_dir
 
 

@@ -43,13 +43,12 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 from flax import traverse_util
 
+from dxmi_jax import io
 from dxmi_jax.errors import CheckpointError
 from dxmi_jax.models import registry
 
@@ -676,23 +675,10 @@ def save(model, params, out_dir: str, policy=None, policy_params=None, overwrite
       raise ValueError("to_diffusers: policy_params (with log_sigma) are needed to export the sampler")
     spec = sampler_spec(policy, policy_params)
   out_dir = os.path.abspath(os.fspath(out_dir))
-  if os.path.exists(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
-  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o777 & ~umask)
-  try:
+  with io.atomic_dir(out_dir, overwrite) as tmp:
     save_file(sd, os.path.join(tmp, WEIGHTS_SAFETENSORS), metadata={"format": "pt"})
     _write_json(os.path.join(tmp, "config.json"), config)
     _write_json(os.path.join(tmp, SCHEDULER_CONFIG), scheduler_config())
     if spec is not None:
       _write_json(os.path.join(tmp, SAMPLER_JSON), spec)
-    if os.path.exists(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
   return out_dir

@@ -7,10 +7,12 @@ the bottom of the package: it imports nothing of ours.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from typing import Any, Callable, Union
+from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 
@@ -50,3 +52,28 @@ def atomic_write_json(path: PathLike, obj: Any, indent: int = 1) -> None:
 def atomic_savez(path: PathLike, **arrays) -> None:
   """np.savez to ``path`` exactly (no ``.npz`` appended)."""
   atomic_write(path, lambda f: np.savez(f, **arrays), ".npz")
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: PathLike, overwrite: bool = False) -> Iterator[str]:
+  """Yields a temp folder beside ``out_dir`` to fill; on success it replaces ``out_dir`` whole.
+
+  ``out_dir`` that exists is an error unless ``overwrite``; a failure leaves ``out_dir`` as it
+  was and no temp folder behind.  The folder gets the usual (umask) permissions.
+  """
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if os.path.exists(out_dir) and not overwrite:
+    raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --force to replace it)")
+  os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+  tmp = tempfile.mkdtemp(dir=os.path.dirname(out_dir), prefix=os.path.basename(out_dir) + ".partial-")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private
+  try:
+    yield tmp
+    if os.path.exists(out_dir):
+      shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)

@@ -181,3 +181,15 @@ def run_with_fake_devices(script: str, n: int, timeout: int):
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
   return json.loads(line[len("RESULT") :])
+
+
+def anomaly_config_on(tmp_path, variant="smoke", rows=100, dim=6):
+  """configs/anomaly.py:<variant> training on a synthetic (rows, dim) npz of normals in tmp_path."""
+  from configs import anomaly as anomaly_config  # pylint: disable=import-outside-toplevel
+  from dxmi_jax.proj.anomaly import synthetic  # pylint: disable=import-outside-toplevel
+
+  x, _ = synthetic.vectors(rows, 0, dim, seed=0)
+  np.savez(tmp_path / "t.npz", X=x)
+  c = anomaly_config.get_config(variant)
+  c.data.path = str(tmp_path / "t.npz")
+  return c

@@ -5,12 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import anomaly as anomaly_config
+from conftest import anomaly_config_on
 from dxmi_jax import experiment
 from dxmi_jax.errors import ConfigError
 from dxmi_jax.proj.anomaly import data as anomaly_data
 from dxmi_jax.proj.anomaly import provider as provider_lib
-from dxmi_jax.proj.anomaly import synthetic
 
 
 def test_transforms_round_trip_through_checkpoint_json():
@@ -39,10 +38,7 @@ def test_diffusion_of_starts(sphere):
 
 
 def test_provider_starts_scale_and_validation_rows(tmp_path):
-  x, _ = synthetic.vectors(300, 0, 6, seed=0)
-  np.savez(tmp_path / "t.npz", X=x)
-  c = anomaly_config.get_config("smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "smoke", rows=300)
   exp = experiment.build(c)
   data = exp.data
   assert data.val.shape == (30, 6) and data.data.points.shape == (270, 6)
@@ -59,10 +55,7 @@ def test_provider_starts_scale_and_validation_rows(tmp_path):
 
 
 def test_relative_scales_set_sigmas_avr_and_energy_scale(tmp_path):
-  x, _ = synthetic.vectors(300, 0, 6, seed=0)
-  np.savez(tmp_path / "t.npz", X=x)
-  c = anomaly_config.get_config("sphere,smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "sphere,smoke", rows=300)
   exp = experiment.build(c)
   scale = exp.data.scale
   assert 0 < scale < 0.5  # unit-sphere rows spread far less than z-scored ones
@@ -76,10 +69,7 @@ def test_relative_scales_set_sigmas_avr_and_energy_scale(tmp_path):
 
 
 def test_sphere_policy_steps_stay_on_the_sphere(tmp_path):
-  x, _ = synthetic.vectors(100, 0, 6, seed=0)
-  np.savez(tmp_path / "t.npz", X=x)
-  c = anomaly_config.get_config("sphere,smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "sphere,smoke", rows=100)
   exp = experiment.build(c)
   state = exp.init_state(jax.random.PRNGKey(0))
   x0 = jnp.asarray(exp.data.local_batch(0)["x0"])
@@ -93,10 +83,7 @@ def test_sphere_policy_steps_stay_on_the_sphere(tmp_path):
 
 
 def test_sphere_inputs_need_a_sphere_policy(tmp_path):
-  x, _ = synthetic.vectors(50, 0, 6, seed=0)
-  np.savez(tmp_path / "t.npz", X=x)
-  c = anomaly_config.get_config("smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "smoke", rows=50)
   c.data.normalize = "sphere"
   with pytest.raises(ConfigError, match="config.policy.manifold"):
     experiment.build(c)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import anomaly as anomaly_config
+from conftest import anomaly_config_on
 from dxmi_jax import experiment
 from dxmi_jax.proj.anomaly import pretrain_ae, synthetic
 from dxmi_jax.proj.anomaly.networks import AEEnergy
@@ -58,13 +58,9 @@ def test_reconstruction_pretraining_lowers_the_error_of_held_out_normals():
 
 
 def test_anomaly_config_builds_its_energy(tmp_path):
-  x, _ = synthetic.vectors(50, 0, 6, seed=0)
-  np.savez(tmp_path / "t.npz", X=x)
-  c = anomaly_config.get_config("smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "smoke", rows=50)
   exp = experiment.build(c)
   assert isinstance(exp.energy_module, AEEnergy) and exp.policy.manifold == "euclidean"
-  c = anomaly_config.get_config("sphere,smoke")
-  c.data.path = str(tmp_path / "t.npz")
+  c = anomaly_config_on(tmp_path, "sphere,smoke", rows=50)
   exp = experiment.build(c)
   assert exp.energy_module.normalize and exp.policy.manifold == "sphere"
