@@ -275,7 +275,8 @@ def markdown(table, means, found, methods, meta):
     "|---|" + "---|" * len(methods),
   ]
   for name, row in table.items():
-    lines.append(f"| {name} | " + " | ".join(cell(row[m]) if m in row else "—" for m in methods) + " |")
+    if row:  # datasets with no finished row yet are counted in the closing line, not listed
+      lines.append(f"| {name} | " + " | ".join(cell(row[m]) if m in row else "—" for m in methods) + " |")
   for g, row in means.items():
     tag = "" if row["n"] == row["of"] else f" ({row['n']} of {row['of']} finished)"
     lines.append(f"| **mean, {g}**{tag} | " + " | ".join(f"**{row[m]['auroc']:.3f}**" for m in methods) + " |")
