@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dxmi_jax import errors, experiment, modes, preemption
+from dxmi_jax import errors, modes, preemption
 
 FLAGS = flags.FLAGS
 
@@ -109,7 +109,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     modes.run(_config(), FLAGS.workdir, FLAGS.mode)
-  except (experiment.ConfigError, errors.TrainingError) as e:
+  except (errors.ConfigError, errors.TrainingError) as e:
     _fail(e)
   except preemption.Preempted as e:  # SIGTERM: the state is saved; the same command resumes it
     print(_one_line(e), file=sys.stderr, flush=True)

@@ -230,7 +230,7 @@ def baseline_sampler(ddpm_dir, kind, T):
   section = {"kind": kind, "num_steps": T}
   if kind in ("var", "ddim"):
     section["trainable_sigma"] = "fix_last" if kind == "var" else False
-  policy = build_policy(section, exp.policy.net)
+  policy = build_policy({"policy": section}, exp.policy.net)
   return policy, {"net": params["net"], "log_sigma": np.asarray(policy.init_log_sigma())}
 
 

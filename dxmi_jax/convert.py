@@ -66,11 +66,9 @@ import numpy as np
 from flax import traverse_util
 
 from dxmi_jax import diffusers_io, io
+from dxmi_jax.errors import CheckpointError
 from dxmi_jax.models import official_names, registry
-
-
-from dxmi_jax.errors import CheckpointError  # noqa: E402,F401  (re-exported: convert.CheckpointError)
-from dxmi_jax.torch_files import _import_torch, load_torch_state_dict  # noqa: E402,F401  (re-exported)
+from dxmi_jax.torch_files import _import_torch, load_torch_state_dict
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,8 +40,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-from dxmi_jax import convert, io
+from dxmi_jax import io
 from dxmi_jax import samples as samples_lib
+from dxmi_jax.errors import CheckpointError
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.metrics import fid as fid_lib
 from dxmi_jax.metrics import inception_score as is_lib
@@ -419,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     run(args)
   except (
     features_lib.EvaluationInputError,
-    convert.CheckpointError,
+    CheckpointError,
     samples_lib.SampleExportError,
     ValueError,
     OSError,

@@ -25,7 +25,8 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax.experiment import ConfigError, net_config
+from dxmi_jax.errors import CheckpointError, ConfigError
+from dxmi_jax.networks import net_config
 
 
 def _match(what, new, ref):
@@ -112,12 +113,12 @@ def _read_network(path, section, section_cfg, what):
     runtime = {k: fields[k] for k in convert.diffusers_io.RUNTIME_FIELDS if k in fields}
     try:
       _, params = convert.from_diffusers(path, **(runtime if arch == convert.diffusers_io.ARCH else {}))
-    except convert.CheckpointError as e:
+    except CheckpointError as e:
       raise ConfigError(f"{what}: {e}") from None
     return params, None
   try:
     _, params, extras = convert.load_pretrained(path, arch, **fields)
-  except convert.CheckpointError as e:
+  except CheckpointError as e:
     raise ConfigError(f"{what}: {e}") from None
   return params, (extras or {}).get("log_betas")
 
@@ -135,7 +136,7 @@ def load_pretrained_into(exp, state, policy_path=None):
     params["net"] = _match(what, net, state.policy.params["net"])
     if log_sigma is not None:
       log_sigma = np.asarray(log_sigma, np.float32).reshape(-1)
-      T = exp.cfg.num_steps
+      T = exp.dxmi.num_steps
       if log_sigma.shape != (T,):
         raise ConfigError(
           f"{what}: the checkpoint's log_betas has {log_sigma.shape[0]} steps but config.policy.num_steps is {T}"

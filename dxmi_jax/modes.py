@@ -26,6 +26,7 @@ from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import evaluators, experiment, io, parallel, preemption, projects, sampling, train, writers
+from dxmi_jax.errors import ConfigError
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
 #: modes that projects implement: name -> {project: fn(config, workdir)}
@@ -47,13 +48,13 @@ def run(config, workdir: str, mode: str = "train"):
   """Runs ``mode``; in train/pretrain SIGTERM saves and stops at an iteration boundary, raising
   ``preemption.Preempted`` (docs/faults.md)."""
   if mode not in MODES:
-    raise experiment.ConfigError(f"--mode: expected one of {MODES}, got {mode!r}")
+    raise ConfigError(f"--mode: expected one of {MODES}, got {mode!r}")
   if not workdir:
-    raise experiment.ConfigError("--workdir: required")
+    raise ConfigError("--workdir: required")
   try:
     parallel.maybe_initialize_distributed()  # first: the SIGTERM watcher asks how many processes there are
   except ValueError as e:
-    raise experiment.ConfigError(str(e)) from None
+    raise ConfigError(str(e)) from None
   if mode in ("train", "pretrain"):
     with preemption.watch():
       return _run(config, workdir, mode)
@@ -68,7 +69,7 @@ def _run(config, workdir: str, mode: str):
     provided = _PROJECT_MODES.get(mode, {})
     fn = provided.get(config.get("project", ""))
     if fn is None:
-      raise experiment.ConfigError(
+      raise ConfigError(
         f"--mode={mode}: provided by the projects {sorted(provided)} (config.project), "
         f"not by config.project={config.get('project', '')!r}"
       )
@@ -77,18 +78,18 @@ def _run(config, workdir: str, mode: str):
   validate_run(config, exp)
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise experiment.ConfigError(f"--workdir: {workdir} exists and is not a directory")
+    raise ConfigError(f"--workdir: {workdir} exists and is not a directory")
   latest = ckpt_lib.latest_step(workdir)
   try:
     parallel.check_same_on_all_processes(
       -1 if latest is None else latest, f"the latest checkpoint step under {workdir}"
     )
   except ValueError as e:
-    raise experiment.ConfigError(f"--workdir: {e}; it must be a directory every host shares") from None
+    raise ConfigError(f"--workdir: {e}; it must be a directory every host shares") from None
   pretrained, step = None, None
   if mode in ("sample", "eval"):
     if latest is None:
-      raise experiment.ConfigError(
+      raise ConfigError(
         f"--workdir: no checkpoint under {os.path.join(workdir, 'checkpoints')} to {mode} from (train first)"
       )
     step = usable_checkpoint(exp.abstract_state(), workdir, move_aside=False)
@@ -126,16 +127,16 @@ def usable_checkpoint(abstract_state, workdir, move_aside: bool) -> int:
   try:
     sel = ckpt_lib.select(workdir, abstract_state)
   except ckpt_lib.UnusableCheckpoints as e:
-    raise experiment.ConfigError(f"--workdir: {e}; nothing was changed") from None
+    raise ConfigError(f"--workdir: {e}; nothing was changed") from None
   except ckpt_lib.CheckpointMismatch as e:
-    raise experiment.ConfigError(
+    raise ConfigError(
       f"--workdir: the checkpoint in {ckdir} does not fit the configured architecture "
       f"({str(e).split(': ', 1)[1]}); use the config it was trained with or a new workdir"
     ) from None
   try:
     parallel.check_same_on_all_processes(sel.step, f"the newest checkpoint under {ckdir} that restores")
   except ValueError as e:
-    raise experiment.ConfigError(f"--workdir: {e}") from None
+    raise ConfigError(f"--workdir: {e}") from None
   for step, reason in sel.damaged:
     if move_aside and jax.process_index() == 0:
       where = f"moved aside to {os.path.basename(ckpt_lib.move_aside(ckdir, step))}"
@@ -158,7 +159,7 @@ def _check_best_restores(workdir, best_metric):
   try:
     ckpt_lib.select(workdir, best=True)
   except ckpt_lib.UnusableCheckpoints as e:
-    raise experiment.ConfigError(
+    raise ConfigError(
       f"--workdir: {e}; move it aside (or delete it) to go on without it; nothing was changed"
     ) from None
 
@@ -192,7 +193,8 @@ def _pretrain_if_missing(exp, workdir):
 
 
 def validate_run(config, exp):
-  """Checks of the loop's own options (experiment.validate checks the rest); ConfigError each."""
+  """Checks of the loop's own options (experiment.validate checks the rest, the batch sizes' divisibility
+  by the number of devices included); ConfigError each."""
   tc = config.training
   for key, lo in (
     ("log_every", 1),
@@ -202,16 +204,12 @@ def validate_run(config, exp):
     ("fsdp_min_size", 1),
   ):
     if tc[key] < lo:
-      raise experiment.ConfigError(f"config.training.{key} must be >= {lo}, got {tc[key]}")
-  try:
-    parallel.check_batch_divisible(tc.batch_size)
-  except ValueError as e:
-    raise experiment.ConfigError(str(e)) from None
+      raise ConfigError(f"config.training.{key} must be >= {lo}, got {tc[key]}")
   pf = config.init.pretrain_first
   if not (pf is True or pf is False or pf == "auto"):  # `is`: 1 and 0 are not accepted as booleans
-    raise experiment.ConfigError(f"config.init.pretrain_first: expected True, False or 'auto', got {pf!r}")
+    raise ConfigError(f"config.init.pretrain_first: expected True, False or 'auto', got {pf!r}")
   if pf is True and config.init.policy_checkpoint:
-    raise experiment.ConfigError(
+    raise ConfigError(
       f"config.init.pretrain_first: True together with config.init.policy_checkpoint="
       f"{config.init.policy_checkpoint!r}; True pretrains into the workdir, so use one of them "
       f"('auto' starts from the checkpoint when one is given)"
@@ -220,9 +218,9 @@ def validate_run(config, exp):
     try:
       name, _ = ckpt_lib.parse_best_metric(tc.best_metric)
     except ValueError as e:
-      raise experiment.ConfigError(str(e)) from None
+      raise ConfigError(str(e)) from None
     if exp.is_vector and name not in VECTOR_EVAL_METRICS:
-      raise experiment.ConfigError(
+      raise ConfigError(
         f"config.training.best_metric: {name!r} is not an evaluation metric of "
         f"vector data; expected one of {VECTOR_EVAL_METRICS}"
       )

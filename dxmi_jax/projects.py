@@ -72,6 +72,6 @@ def make_train_step(exp, mesh=None, param_shardings=None):
   if name == "dxmi":
     from dxmi_jax import dxmi  # pylint: disable=import-outside-toplevel
 
-    return dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh, param_shardings=param_shardings)
+    return dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, mesh=mesh, param_shardings=param_shardings)
   validate_trainer(exp.config)
   return _TRAINERS[name](exp, mesh, param_shardings)

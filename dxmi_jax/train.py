@@ -5,7 +5,7 @@ input) are in ``dxmi_jax.modes``, which main.py calls.
 
 Every check on user input (config, pretrained weights, a resumed checkpoint's
 architecture) runs before the workdir is touched: bad input raises
-``experiment.ConfigError`` and leaves nothing on disk.
+``errors.ConfigError`` and leaves nothing on disk.
 
 Exact resume.  The checkpoint holds the whole state (parameters, optimiser
 states, AVR scales, the PRNG key, the step); iteration i draws its randomness
@@ -399,7 +399,7 @@ def before_after_lines(exp, start, final):
   """Vector runs: the starting and the trained sampler side by side, with the floor and the ideal."""
   if "sw" not in final:
     return []
-  T = exp.cfg.num_steps
+  T = exp.dxmi.num_steps
   pretrained = bool(exp.config.init.policy_checkpoint or exp.config.init.pretrain_first)
   first = f"DDPM T={T} (pretrained, step 0)" if pretrained else f"initial policy T={T} (step 0)"
   rows = [(f"DxMI T={T} (step {exp.config.training.num_iters})", _fmt_pm(final, "sw"), _fmt_pm(final, "auc"))]

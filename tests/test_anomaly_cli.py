@@ -19,6 +19,7 @@ import pytest
 from configs import anomaly as anomaly_config
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, modes
+from dxmi_jax.errors import ConfigError
 from dxmi_jax.proj.anomaly import metrics, synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +98,7 @@ def test_score_bad_inputs_write_nothing(trained, case):
   elif case == "missing_key":
     np.savez(bad, features=x[:5])
   out = root / f"{case}.npy"
-  with pytest.raises(experiment.ConfigError, match=match) as err:
+  with pytest.raises(ConfigError, match=match) as err:
     modes.run(_config(input=str(bad), output="" if case == "no_output" else str(out)), str(root / "w"), "score")
   assert "config.score." in str(err.value)
   assert not out.exists()
@@ -135,6 +136,6 @@ def test_train_data_errors(tmp_path):
   for name, match in (("nox.npz", "no array 'X'"), ("nan.npz", "NaN"), ("absent.npz", "not found")):
     c = _config()
     c.data.path = str(tmp_path / name)
-    with pytest.raises(experiment.ConfigError, match=match):
+    with pytest.raises(ConfigError, match=match):
       modes.run(c, str(tmp_path / "w"), "train")
     assert not (tmp_path / "w").exists()

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from dxmi_jax import experiment
-from dxmi_jax.experiment import ConfigError
+from dxmi_jax import experiment, networks
+from dxmi_jax.errors import ConfigError
 from dxmi_jax.models import adm_unet, attention, ddpm_unet
 
 
@@ -69,7 +69,7 @@ def test_chunk_that_does_not_divide_the_tokens_is_one_clear_error():
   from configs import cifar10  # pylint: disable=import-outside-toplevel
 
   c = cifar10.get_config("smoke")
-  assert experiment.attended_tokens(c.policy.net) == [256]
+  assert networks.attended_tokens(c.policy.net) == [256]
   c.policy.net.attention_chunk = 48
   with pytest.raises(ConfigError, match=r"config\.policy\.net\.attention_chunk=48 does not divide the 256 tokens"):
     experiment.validate(c)

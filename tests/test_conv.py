@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dxmi_jax.errors import ConfigError
 from dxmi_jax.models import conv
 
 # (H, C_in, C_out, kernel, stride, padding): same-padded, strided (the DDPM downsample),
@@ -99,15 +100,15 @@ def test_perf_options_are_validated(key, value):
 
   c = gaussians2d.get_config()
   c.perf[key] = value
-  with pytest.raises(experiment.ConfigError, match=f"config.perf.{key}"):
+  with pytest.raises(ConfigError, match=f"config.perf.{key}"):
     experiment.validate(c)
 
 
 def test_unroll_options_reach_the_iteration():
   from configs import gaussians2d
-  from dxmi_jax import experiment
+  from dxmi_jax import dxmi_config
 
   c = gaussians2d.get_config()
   c.perf.td_unroll, c.perf.rollout_unroll = 0, 2
-  cfg = experiment.dxmi_config(c)
+  cfg = dxmi_config.from_config(c)
   assert (cfg.unroll(cfg.td_unroll), cfg.unroll(cfg.rollout_unroll)) == (True, 2)

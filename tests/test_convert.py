@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, golden_path
-from dxmi_jax import convert
-from dxmi_jax.convert import CheckpointError
+from dxmi_jax import convert, torch_files
+from dxmi_jax.errors import CheckpointError
 from dxmi_jax.models import registry
 
 
@@ -73,8 +73,8 @@ def test_from_torch_to_torch_round_trip_is_exact(torch, tmp_path, name):
   assert model == registry.build(arch, cfg)
   out = tmp_path / "back.pt"
   convert.to_torch(params, arch, out, extras=extras, **cfg)
-  original, _ = convert.load_torch_state_dict(src)
-  written, _ = convert.load_torch_state_dict(out)
+  original, _ = torch_files.load_torch_state_dict(src)
+  written, _ = torch_files.load_torch_state_dict(out)
   assert set(written) == set(original)  # same official keys, incl. net. / log_betas / std
   for k, v in original.items():  # fp16 tensors were upcast; everything is bit-exact
     np.testing.assert_array_equal(written[k], v, err_msg=k)
@@ -99,7 +99,7 @@ def test_adm_fp16_tensors_are_upcast(torch):
 @pytest.mark.torch
 def test_bare_state_dict_with_ddp_and_net_prefixes(torch, tmp_path):
   arch, cfg = SMALL["igebm"]
-  sd, _ = convert.load_torch_state_dict(golden_path("igebm.pt"))
+  sd, _ = torch_files.load_torch_state_dict(golden_path("igebm.pt"))
   _, ref = convert.from_torch(golden_path("igebm.pt"), arch, **cfg)
   variants = {  # DDP-wrapped value net, and the bare IGEBMEncoderV2 (no "net.")
     "ddp.pt": {"module." + k: torch.from_numpy(v) for k, v in sd.items()},

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import golden_path
 from dxmi_jax import convert, dxmi, experiment, modes
+from dxmi_jax.errors import CheckpointError
 from dxmi_jax.models import registry
 from dxmi_jax.models.ddgan import ddgan_cifar10
 from dxmi_jax.policies import build_policy
@@ -180,9 +181,7 @@ def test_reads_training_content_pth(torch, tmp_path):
 
 
 def test_wrong_config_names_the_keys(torch):
-  with pytest.raises(
-    convert.CheckpointError, match="(?s)does not fit arch 'ddgan_ncsnpp'.*mis-shaped.*z_transform.1.weight"
-  ):
+  with pytest.raises(CheckpointError, match="(?s)does not fit arch 'ddgan_ncsnpp'.*mis-shaped.*z_transform.1.weight"):
     convert.from_torch(str(golden_path("ddgan/small.pt")), ARCH, **dict(SMALL["small"], nz=9))
 
 
@@ -322,7 +321,7 @@ def test_t4_ddgan_config_builds_the_exp1_policy():
   shapes = exp.abstract_state()
   assert sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes.policy.params["net"])) == 48_432_515
   assert shapes.policy.params["log_sigma"].shape == (4,)
-  assert isinstance(exp.policy, DDGANPolicy) and exp.cfg.value_resample
+  assert isinstance(exp.policy, DDGANPolicy) and exp.dxmi.value_resample
 
 
 def test_t4_ddgan_starts_from_a_ddgan_netG_file(torch, tmp_path):

@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO
 from dxmi_jax import convert, diffusers_io
 from dxmi_jax.convert import CheckpointError
+from dxmi_jax.errors import ConfigError
 from dxmi_jax.models import registry
 from dxmi_jax.policies import VARPolicy
 
@@ -546,7 +547,7 @@ def test_policy_checkpoint_folder_errors(tmp_path):
   c = cifar10.get_config("smoke")
   c.init.policy_checkpoint = d
   c.policy.kind = "edm"
-  with pytest.raises(experiment.ConfigError, match="config.init.policy_checkpoint: .*config.policy.kind='edm'"):
+  with pytest.raises(ConfigError, match="config.init.policy_checkpoint: .*config.policy.kind='edm'"):
     experiment.build(c)
   cfg_path = os.path.join(d, "config.json")
   with open(cfg_path) as f:
@@ -556,5 +557,5 @@ def test_policy_checkpoint_folder_errors(tmp_path):
     json.dump(cfg, f)
   c = cifar10.get_config("smoke")
   c.init.policy_checkpoint = d
-  with pytest.raises(experiment.ConfigError, match="resnet_time_scale_shift='scale_shift'"):
+  with pytest.raises(ConfigError, match="resnet_time_scale_shift='scale_shift'"):
     experiment.build(c)

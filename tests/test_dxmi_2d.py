@@ -25,7 +25,7 @@ def exp():
 
 def test_rollout_shapes_and_finite(exp):
   state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
-  noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.cfg, exp.policy)
+  noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.dxmi, exp.policy)
   traj = jax.jit(lambda p, x0, n: dxmi.rollout(exp.policy, p, x0, n))(state.policy.params, noise.x0, noise.rollout)
   chex.assert_shape([traj.states, traj.next_states, traj.means], (T, B, 2))
   chex.assert_shape([traj.sigmas, traj.log_sigmas], (T, B))
@@ -43,13 +43,13 @@ class TestIteration(chex.TestCase):
     exp = experiment.build(tiny_config())
     state = exp.init_state(jax.random.PRNGKey(0))
     batch = {"x": jnp.asarray(exp.data.local_batch(0)["x"])}
-    noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.cfg, exp.policy)
-    fn = self.variant(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.cfg))
+    noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.dxmi, exp.policy)
+    fn = self.variant(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.dxmi))
     new_state, aux = fn(state, batch, noise)
     chex.assert_tree_all_finite(new_state)
     chex.assert_trees_all_equal_shapes(new_state.policy.params, state.policy.params)
     chex.assert_trees_all_equal_shapes(new_state.value.params, state.value.params)
-    ref_state, _ = jax.jit(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.cfg))(state, batch, noise)
+    ref_state, _ = jax.jit(lambda s, b, n: dxmi.dxmi_iteration(s, b, n, exp.nets, exp.dxmi))(state, batch, noise)
     chex.assert_trees_all_close(new_state.policy.params, ref_state.policy.params, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(new_state.value.params, ref_state.value.params, rtol=1e-5, atol=1e-6)
     # the iteration moved every network
@@ -62,7 +62,7 @@ class TestIteration(chex.TestCase):
 
 def test_train_step_traces_once(exp):
   mesh = parallel.make_mesh()
-  raw = dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape, mesh=mesh)
+  raw = dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, mesh=mesh)
   counted = chex.assert_max_traces(raw, n=1)
   # jitted exactly as train.compile_train_step does it (explicit in/out shardings)
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -90,7 +90,7 @@ def test_separate_energy_variant_runs():
       }
     )
   )
-  step = jax.jit(dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape))
+  step = jax.jit(dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape))
   state = exp.init_state(jax.random.PRNGKey(0))
   assert state.energy is not None
   new, metrics = step(state, {"x": jnp.asarray(exp.data.local_batch(0)["x"])})

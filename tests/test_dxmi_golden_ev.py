@@ -20,7 +20,7 @@ import pytest
 
 from configs import anomaly as anomaly_config
 from conftest import golden_mlp_params, torch_mlp_names
-from dxmi_jax import dxmi, experiment
+from dxmi_jax import dxmi, dxmi_config
 from dxmi_jax.proj.anomaly.networks import EnergyMLP
 from dxmi_jax.models.mlp import TimeMLP
 from dxmi_jax.policies.residual import ResidualPolicy
@@ -40,7 +40,7 @@ def production_cfg(T, tau1, tau2, adavelreg):
   c = anomaly_config.get_config("mlp")
   c.policy.num_steps = T
   c.dxmi.tau1, c.dxmi.tau2, c.dxmi.adavelreg = tau1, tau2, adavelreg
-  return experiment.dxmi_config(c)
+  return dxmi_config.from_config(c)
 
 
 class Problem:

@@ -19,6 +19,7 @@ import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, modes, preemption, train, writers
+from dxmi_jax.errors import ConfigError
 from conftest import REPO, cli_flags, main_cmd, records, subprocess_env, tiny_config
 
 N = 1000
@@ -166,7 +167,7 @@ def test_mis_shaped_newest_checkpoint_is_skipped(reference, tmp_path):
   assert "value/params/dense_0/kernel: checkpoint (3, 8) float32 vs config (3, 16)" in sel.damaged[0][1]
   assert ckpt_lib.check_compatible(str(wd), exp.abstract_state()) is None
   # the same checkpoints under a config they do not fit at all: the architecture error, not damage
-  with pytest.raises(experiment.ConfigError, match="does not fit the configured architecture"):
+  with pytest.raises(ConfigError, match="does not fit the configured architecture"):
     modes.run(tiny_config(**dict(RUN, value__hidden=(8, 8))), str(wd))
 
 
@@ -185,7 +186,7 @@ def test_no_checkpoint_restores_is_one_error_line_and_changes_nothing(reference,
   assert all(f"step {s}: JSONDecodeError" in errors[0] for s in (1000, 750, 500)), errors[0]
   assert _snapshot(wd) == before
   for mode in ("sample", "eval"):  # the same rule, in-process
-    with pytest.raises(experiment.ConfigError, match="restores; tried step 1000"):
+    with pytest.raises(ConfigError, match="restores; tried step 1000"):
       modes.run(tiny_config(**RUN, **SAMPLE), str(wd), mode=mode)
   assert _snapshot(wd) == before
 
@@ -195,7 +196,7 @@ def test_damaged_best_checkpoint_is_an_error_naming_it(reference, tmp_path):
   (best,) = ckpt_lib.committed_steps(str(wd), best=True)
   _truncate(wd / "checkpoints_best" / str(best))
   before = _snapshot(wd)
-  with pytest.raises(experiment.ConfigError, match=f"the best checkpoint {wd}/checkpoints_best/{best} does not"):
+  with pytest.raises(ConfigError, match=f"the best checkpoint {wd}/checkpoints_best/{best} does not"):
     modes.run(tiny_config(**dict(RUN, training__num_iters=N + 50)), str(wd))
   with pytest.raises(ckpt_lib.UnusableCheckpoints, match="checkpoints_best"):
     ckpt_lib.load_raw(str(wd), best=True)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import experiment, init, modes
+from dxmi_jax import dxmi_config, experiment, init, modes, optim
+from dxmi_jax.errors import ConfigError
 
 CONFIGS = {
   "cifar10": ("configs.cifar10", ""),
@@ -50,7 +51,7 @@ def test_real_configs_build_the_official_architectures(name, policy_params, T):
   assert _count(shapes.policy.params["net"]) == policy_params
   assert shapes.policy.params["log_sigma"].shape == (T,)
   assert _count(shapes.value.params) == 5_134_595  # IGEBMEncoderV2 nh128
-  assert exp.cfg.num_steps == T
+  assert exp.dxmi.num_steps == T
 
 
 def test_real_config_hyperparameters():
@@ -80,11 +81,11 @@ def test_real_config_hyperparameters():
 
 
 def test_missing_data_messages():
-  with pytest.raises(experiment.ConfigError, match="config.data.*(tfds build|tfds_data_dir)"):
+  with pytest.raises(ConfigError, match="config.data.*(tfds build|tfds_data_dir)"):
     experiment.build(_without_checkpoint(get("cifar10")))
   c = _without_checkpoint(get("imagenet64"))
   c.data.path = "/nonexistent/ILSVRC2012/train"
-  with pytest.raises(experiment.ConfigError, match="(?s)config.data.*(layout|not found|does not exist)"):
+  with pytest.raises(ConfigError, match="(?s)config.data.*(layout|not found|does not exist)"):
     experiment.build(c)
 
 
@@ -129,18 +130,18 @@ def _smoke(name="cifar10"):
 def test_image_config_errors(mutate, match):
   c = _smoke()
   mutate(c)
-  with pytest.raises(experiment.ConfigError, match=match):
+  with pytest.raises(ConfigError, match=match):
     experiment.build(c)
 
 
 def test_class_count_mismatch():
   c = get("imagenet64", "smoke")
   c.data.num_classes = 1000
-  with pytest.raises(experiment.ConfigError, match="num_classes"):
+  with pytest.raises(ConfigError, match="num_classes"):
     experiment.build(c)
   c = get("imagenet64", "smoke")
   c.sample.labels = "3,12"
-  with pytest.raises(experiment.ConfigError, match=r"config.sample.labels: \[12\]"):
+  with pytest.raises(ConfigError, match=r"config.sample.labels: \[12\]"):
     experiment.build(c)
 
 
@@ -157,14 +158,14 @@ def test_checkpoint_log_betas_must_match_T(tmp_path):
   ckpt_lib.save_params(str(tmp_path / "pre"), {"net": net, "log_sigma": np.zeros((4,), np.float32)}, {})
   c.init.policy_checkpoint = str(tmp_path / "pre")
   exp = experiment.build(c)
-  with pytest.raises(experiment.ConfigError, match="log_betas has 4 steps but config.policy.num_steps is 10"):
+  with pytest.raises(ConfigError, match="log_betas has 4 steps but config.policy.num_steps is 10"):
     init.load_pretrained_into(exp, _zeros_state(exp))
   bad = jax.tree.map(lambda a: a, net)
   bad["conv_in"]["kernel"] = np.zeros((3, 3, 3, 7), np.float32)
   ckpt_lib.save_params(str(tmp_path / "pre2"), {"net": bad}, {})
   c.init.policy_checkpoint = str(tmp_path / "pre2")
   exp = experiment.build(c)
-  with pytest.raises(experiment.ConfigError, match="mis-shaped.*conv_in.*kernel"):
+  with pytest.raises(ConfigError, match="mis-shaped.*conv_in.*kernel"):
     init.load_pretrained_into(exp, _zeros_state(exp))
 
 
@@ -186,7 +187,7 @@ def test_optimizers_match_torch():
     for name, make_torch in [("adam", torch.optim.Adam), ("radam", torch.optim.RAdam)]:
       p = torch.nn.Parameter(torch.tensor(w0))
       topt = make_torch([p], lr=1e-2)
-      tx = experiment._OPTIMIZERS[name](1e-2, hp)  # pylint: disable=protected-access
+      tx = optim.OPTIMIZERS[name](1e-2, hp)
       w = jax.numpy.asarray(w0)
       s = tx.init(w)
       for g in grads:
@@ -210,7 +211,7 @@ def test_lowmem_variant_resolves_per_device_count():
       256,
     )
     assert c.training.batch_size == batch and c.perf.policy_grad_chunks == 1
-    assert [experiment.policy_grad_chunks(c, n) for n in (1, 8)] == [batch // 4, batch // 32]
+    assert [dxmi_config.policy_grad_chunks(c, n) for n in (1, 8)] == [batch // 4, batch // 32]
 
 
 def test_lowmem_step_matches_the_plain_step():
@@ -226,7 +227,7 @@ def test_lowmem_step_matches_the_plain_step():
       c.training.fsdp_min_size = 1024
     c.dxmi.policy_train_mode = False  # chunked rows draw other dropout masks
     exp = experiment.build(c)
-    assert exp.cfg.policy_grad_chunks == (2 if mode == "lowmem" else 1)
+    assert exp.dxmi.policy_grad_chunks == (2 if mode == "lowmem" else 1)
     mesh = parallel.make_mesh()
     state = train.initial_state(exp, mesh)
     batch = parallel.global_batch_from_local(exp.data.local_batch(0), mesh)

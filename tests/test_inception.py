@@ -6,7 +6,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from dxmi_jax import convert
+from dxmi_jax.errors import CheckpointError
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.models import inception
 from conftest import golden_path  # pylint: disable=wrong-import-order
@@ -140,7 +140,7 @@ def test_conv_and_fc_transposes(state_dict, variables):
 def test_converter_rejects_bad_state_dicts(state_dict, corrupt, match):
   sd = dict(state_dict)
   corrupt(sd)
-  with pytest.raises(convert.CheckpointError, match=match):
+  with pytest.raises(CheckpointError, match=match):
     inception.load_variables(sd)
 
 
@@ -148,13 +148,13 @@ def test_missing_weights_message_says_where_to_get_them(monkeypatch, tmp_path):
   monkeypatch.delenv(inception.WEIGHTS_ENV_VAR, raising=False)
   missing = tmp_path / "nope.pth"
   for kwargs in ({"source": str(missing)}, {"config": {"eval": {"inception_weights": str(missing)}}}):
-    with pytest.raises(convert.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
       inception.load_variables(**kwargs)
     msg = str(e.value)
     assert inception.FID_WEIGHTS_URL in msg
     assert "DXMI_INCEPTION_WEIGHTS" in msg and "config.eval.inception_weights" in msg
     assert str(missing) in msg
-  assert issubclass(convert.CheckpointError, ValueError)
+  assert issubclass(CheckpointError, ValueError)
 
 
 def test_weights_path_resolution_order(monkeypatch, tmp_path):
@@ -171,7 +171,7 @@ def test_weights_path_resolution_order(monkeypatch, tmp_path):
   assert inception.resolve_weights_path(None, Cfg) == str(b)
   assert inception.resolve_weights_path(None, {"eval": {}}) == str(c)
   monkeypatch.setenv(inception.WEIGHTS_ENV_VAR, str(tmp_path / "missing.pth"))
-  with pytest.raises(convert.CheckpointError, match="DXMI_INCEPTION_WEIGHTS"):
+  with pytest.raises(CheckpointError, match="DXMI_INCEPTION_WEIGHTS"):
     inception.resolve_weights_path()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from dxmi_jax import experiment, sampling
+from dxmi_jax.errors import ConfigError
 
 CENTER = jnp.array([1.5, -0.5], jnp.float32)
 
@@ -75,7 +76,7 @@ def test_zero_scale_is_plain_sampling(one_step_policy):
 
 
 def test_unknown_sign_is_a_config_error():
-  with pytest.raises(experiment.ConfigError, match="config.sample.guidance_sign: expected one of"):
+  with pytest.raises(ConfigError, match="config.sample.guidance_sign: expected one of"):
     experiment.build(small_config(sample__guidance_sign="up"))
   with pytest.raises(ValueError, match="guidance_sign"):
     sampling.guidance_direction("up")

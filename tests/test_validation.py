@@ -14,7 +14,7 @@ import pytest
 
 from dxmi_jax import checkpoint as ckpt_lib
 from dxmi_jax import experiment, modes
-from dxmi_jax.experiment import ConfigError
+from dxmi_jax.errors import ConfigError
 from conftest import REPO, cli_flags, main_cmd, subprocess_env, tiny_config
 
 

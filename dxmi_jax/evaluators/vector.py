@@ -117,7 +117,7 @@ def plot_2d(exp, state, samples, path, start=None, lim=4.0, res=200):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  T = exp.cfg.num_steps
+  T = exp.dxmi.num_steps
   g = np.linspace(-lim, lim, res, dtype=np.float32)
   grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
   energy = np.asarray(jax.jit(exp.energy_fn(state))(jnp.asarray(grid))).reshape(res, res)

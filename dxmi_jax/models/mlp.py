@@ -17,6 +17,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import ml_collections
 
 from dxmi_jax.models.layers import time_rows
 
@@ -88,3 +89,15 @@ class TimeMLP(nn.Module):
       if i < len(self.hidden):
         h = nn.silu(h)
     return h.astype(jnp.float32).reshape((b,) + ((self.out_dim,) if self.out_dim > 1 else (1,)))
+
+
+def mlp_default():
+  """The registry's default config of ``mlp`` (TimeMLP)."""
+  c = ml_collections.ConfigDict()
+  c.out_dim = 2
+  c.hidden = (128, 128, 128)
+  c.time_scale = 1.0
+  c.time_embed_dim = 0
+  c.zero_out = False
+  c.dtype = "float32"
+  return c

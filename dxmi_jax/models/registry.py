@@ -2,8 +2,8 @@
 
 A config is an ``ml_collections.ConfigDict`` whose fields are exactly the
 module's constructor fields; ``dtype`` is stored by name ("float32",
-"bfloat16") so configs stay JSON-serialisable.  New architectures (e.g. the 2-D
-MLPs) join with ``register(arch, module_cls, default_config_fn, example_inputs_fn)``.
+"bfloat16") so configs stay JSON-serialisable.  New architectures (e.g. a
+project's networks) join with ``register(arch, module_cls, default_config_fn, example_inputs_fn)``.
 
 Every network is called as ``model.apply({"params": p}, x, t, y=None,
 deterministic=True, rngs={"dropout": key})``.
@@ -25,6 +25,7 @@ from dxmi_jax.models.ddpm_unet import DDPMUNet, ddpm_cifar10
 from dxmi_jax.models.igebm import IGEBMValue, igebm_nh128
 from dxmi_jax.models import official_names
 from dxmi_jax.models.layers import canonical_dtype
+from dxmi_jax.models.mlp import TimeMLP, mlp_default
 
 
 def _image_inputs(cfg, batch: int):
@@ -143,3 +144,4 @@ register("ddpm_unet", DDPMUNet, ddpm_cifar10)
 register("adm_unet", ADMUNet, adm_imagenet64)
 register("igebm", IGEBMValue, igebm_nh128)
 register("ddgan_ncsnpp", _ddgan.DDGANGenerator, _ddgan.ddgan_cifar10, _ddgan.example_inputs)
+register("mlp", TimeMLP, mlp_default)

@@ -66,7 +66,7 @@ def make_train_step(exp, mesh=None, param_shardings=None):
   one energy step; the iteration is skipped (state kept) when anything is non-finite."""
   del mesh, param_shardings  # one replicated energy: nothing to shard on the CPU benchmarks
   negatives = negatives_fn(exp)
-  energy_apply, policy, cfg = exp.nets.energy_apply, exp.policy, exp.cfg
+  energy_apply, policy, cfg = exp.nets.energy_apply, exp.policy, exp.dxmi
 
   def train_step(state, batch):
     key = jax.random.fold_in(state.rng, state.step)

@@ -68,14 +68,14 @@ def with_relative_scales(exp, state, data: "AnomalyData"):
   if c.policy.kind == "residual" and c.policy.get("init_sigma", -1.0) > 0:
     log_sigma = jnp.full((exp.policy.num_steps,), np.log(c.policy.init_sigma * data.scale), jnp.float32)
     out = out.replace(policy=out.policy.replace(params=dict(out.policy.params, log_sigma=log_sigma)))
-    if exp.cfg.avr_init == "sigma":
+    if exp.dxmi.avr_init == "sigma":
       out = out.replace(velocity_scale=jnp.exp(log_sigma)[::-1])
   energy = out.energy
   if energy is not None and "scale" in energy.params:
     if not any(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(energy.params)):
       params = dict(energy.params, scale=jnp.float32(1.0))
       e = float(jnp.mean(exp.nets.energy_apply(params, jnp.asarray(data.starts(0, _SCALE_ROWS, tag=2)), None)))
-      target = 0.5 / exp.cfg.gamma if exp.cfg.gamma > 0 else 1.0
+      target = 0.5 / exp.dxmi.gamma if exp.dxmi.gamma > 0 else 1.0
       s = jnp.float32(np.sqrt(target / max(e, 1e-30)))
       out = out.replace(energy=energy.replace(params=dict(energy.params, scale=s)))
   return out
