@@ -15,8 +15,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REFERENCE, golden_path
-from dxmi_jax.policies import DDPMAncestralPolicy, EDMPolicy, POLICY_KINDS, VARPolicy, build_policy, schedules
+from conftest import REFERENCE, REPO, golden_path
+from dxmi_jax.policies import (
+  MANIFOLDS,
+  DDPMAncestralPolicy,
+  EDMPolicy,
+  POLICY_KINDS,
+  VARPolicy,
+  build_policy,
+  schedules,
+)
 
 RTOL_CONST = 1e-6  # schedule constants (golden README B)
 RTOL_RUN, ATOL_RUN = 1e-5, 1e-4  # toy step / rollout arrays (golden README B)
@@ -391,3 +399,12 @@ def test_build_policy():
       build_policy(cfg(**bad), ToyEps())
   with pytest.raises(ValueError, match="config.policy"):
     build_policy(ml_collections.ConfigDict({"model": {}}), ToyEps())
+
+
+def test_default_config_lists_every_policy_kind_and_manifold():
+  """configs/default.py's comments on config.policy.kind and .manifold name what policies accepts."""
+  text = (REPO / "configs" / "default.py").read_text(encoding="utf-8")
+  for key, expected in (("kind", POLICY_KINDS), ("manifold", MANIFOLDS)):
+    (line,) = [l for l in text.splitlines() if l.strip().startswith(f"c.policy.{key} =")]
+    listed = line.split("#", 1)[1].split("(", 1)[0]
+    assert [k.strip() for k in listed.split("|")] == list(expected), line
