@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from dxmi_jax import data as data_lib
+from dxmi_jax import init as init_lib
 from dxmi_jax import dxmi, dxmi_config, evaluators, networks, optim, policies, projects, sampling
 from dxmi_jax.data import toy2d
 from dxmi_jax.errors import ConfigError, check_ranges
@@ -118,7 +119,8 @@ def _check_run_inputs(config, mode):
 # ------------------------------------------------------------------ experiment
 @dataclasses.dataclass
 class Experiment:
-  """Everything built from a config.  ``data.local_batch(step)`` -> {"x", optional "y"} numpy."""
+  """Everything built from a config (``config``, the experiment config; ``dxmi``, the train step's
+  options translated from it).  ``data.local_batch(step)`` -> {"x", optional "y"} numpy."""
 
   config: Any
   data: Any
@@ -175,8 +177,6 @@ def _init_key(raw_key):
 
 def build(config, mode: str = "train") -> Experiment:
   """Validates ``config`` for ``mode`` (ConfigError naming the option), then builds everything."""
-  from dxmi_jax import init as init_lib  # pylint: disable=import-outside-toplevel
-
   init_lib.adopt_policy_architecture(config)  # a diffusers policy_checkpoint sets config.policy.net
   validate(config, mode)
   data = data_lib.build(config)
