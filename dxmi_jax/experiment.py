@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 from dxmi_jax import data as data_lib
-from dxmi_jax import compiler, dxmi, evaluators, projects, sampling
+from dxmi_jax import compiler, dxmi, evaluators, generation, projects
 from dxmi_jax.data import toy2d
 from dxmi_jax.models import attention, conv, registry
 from dxmi_jax.models.layers import REMAT_POLICIES
@@ -129,7 +129,7 @@ def validate(config, mode: str = "train"):
   if config.eval.reference_stats and not os.path.isfile(config.eval.reference_stats):
     raise ConfigError(
       f"config.eval.reference_stats: {config.eval.reference_stats} does not exist (write one "
-      f"with `python -m dxmi_jax.evaluate stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)"
+      f"with `python -m dxmi_jax.metrics stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)"
     )
   if mode == "sample" and config.sample.num < 1:
     raise ConfigError(f"config.sample.num must be >= 1, got {config.sample.num}")
@@ -211,9 +211,9 @@ def validate_numbers(config):
     lo_s = "" if lo is None else f"{'>=' if lo_incl else '>'} {lo:g}"
     hi_s = "" if hi is None else f"{'<=' if hi_incl else '<'} {hi:g}"
     check(key, config[section][name], lo, lo_incl, hi, hi_incl, " and ".join(filter(None, (lo_s, hi_s))))
-  if config.sample.guidance_sign not in sampling.GUIDANCE_SIGNS:
+  if config.sample.guidance_sign not in generation.GUIDANCE_SIGNS:
     raise ConfigError(
-      f"config.sample.guidance_sign: expected one of {sorted(sampling.GUIDANCE_SIGNS)}, "
+      f"config.sample.guidance_sign: expected one of {sorted(generation.GUIDANCE_SIGNS)}, "
       f"got {config.sample.guidance_sign!r}"
     )
   avr = config.dxmi.adavelreg

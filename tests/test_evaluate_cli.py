@@ -1,4 +1,4 @@
-"""``python -m dxmi_jax.evaluate``: stats caching, metrics, and one-line errors on bad input.
+"""``python -m dxmi_jax.metrics``: stats caching, metrics, and one-line errors on bad input.
 
 The Inception runs with the golden A5 recipe weights (saved as a torch-layout
 .npz, so no torch is needed) on 64x64 images at batch 2: one compile for the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dxmi_jax import evaluate
+from dxmi_jax.metrics import __main__ as metrics_cli
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.metrics import fid as fid_lib
 from dxmi_jax.metrics import inception_score as is_lib
@@ -100,7 +100,7 @@ def _assert_stats(call, f_smp, ref_mu, ref_sigma):
 
 
 def _run(capsys, *argv):
-  rc = evaluate.main([str(a) for a in argv])
+  rc = metrics_cli.main([str(a) for a in argv])
   out, err = capsys.readouterr()
   return rc, out, err
 

@@ -2,7 +2,7 @@
 
 import jax
 
-from dxmi_jax import experiment, parallel, sampling
+from dxmi_jax import experiment, generation, parallel
 from dxmi_jax.evaluators.images import ImageEvaluator
 
 
@@ -31,8 +31,8 @@ def test_two_evaluations_trace_the_sampler_once(tmp_path, monkeypatch):
     traces.append(1)
     return real_generate(*args, **kwargs)
 
-  real_generate = sampling.generate
-  monkeypatch.setattr(sampling, "generate", counting_generate)  # make_generator binds it when called
+  real_generate = generation.generate
+  monkeypatch.setattr(generation, "generate", counting_generate)  # make_generator binds it when called
   exp = _smoke_exp()
   state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
   writer = _Writer()
@@ -52,9 +52,9 @@ def test_generator_is_cached_and_sharded():
   mesh = parallel.make_mesh()
   args = (exp.policy, exp.data_shape[1:], 8, mesh)
   kw = dict(value_apply=exp.nets.value_apply)
-  gen = sampling.make_generator(*args, **kw)
-  assert sampling.make_generator(*args, **kw) is gen
-  assert sampling.make_generator(exp.policy, exp.data_shape[1:], 16, mesh, **kw) is not gen
+  gen = generation.make_generator(*args, **kw)
+  assert generation.make_generator(*args, **kw) is gen
+  assert generation.make_generator(exp.policy, exp.data_shape[1:], 16, mesh, **kw) is not gen
   state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
   x = gen(state.policy.params, jax.random.PRNGKey(1), None, state.value.params)
   assert x.shape == (8,) + tuple(exp.data_shape[1:])

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dxmi_jax import sampling
+from dxmi_jax import generation
 from dxmi_jax.policies import DDPMAncestralPolicy, VARPolicy
 from dxmi_jax.policies.schedules import ddpm_schedule
 
@@ -34,7 +34,7 @@ class OptimalEps(nn.Module):
 
 def _std(policy, n=20000):
   params = policy.init_params(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
-  x = jax.jit(lambda p, k: sampling.generate(policy, p, k, n, (2,)))(params, jax.random.PRNGKey(1))
+  x = jax.jit(lambda p, k: generation.generate(policy, p, k, n, (2,)))(params, jax.random.PRNGKey(1))
   x = np.asarray(x)
   assert abs(x.mean()) < 0.02
   return float(x.std())

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dxmi_jax import experiment, sampling
+from dxmi_jax import experiment, generation
 
 CENTER = jnp.array([1.5, -0.5], jnp.float32)
 
@@ -38,8 +38,8 @@ def one_step_policy():
 def test_one_guided_step_matches_closed_form(one_step_policy, sign, direction):
   policy, params = one_step_policy
   key, g, n = jax.random.PRNGKey(3), 0.3, 64
-  plain = sampling.generate(policy, params, key, n, (2,))
-  guided = sampling.generate(
+  plain = generation.generate(policy, params, key, n, (2,))
+  guided = generation.generate(
     policy, params, key, n, (2,), value_apply=quadratic_value, value_params=CENTER, guidance_scale=g, guidance_sign=sign
   )
   # T = 1: x_1 = step(x_0) and the guidance moves it by direction * g * sigma_0 * (x_1 - c)
@@ -59,8 +59,8 @@ def _sigma0(policy, params, n):
 def test_zero_scale_is_plain_sampling(one_step_policy):
   policy, params = one_step_policy
   key = jax.random.PRNGKey(1)
-  plain = sampling.generate(policy, params, key, 8, (2,))
-  zero = sampling.generate(
+  plain = generation.generate(policy, params, key, 8, (2,))
+  zero = generation.generate(
     policy,
     params,
     key,
@@ -78,4 +78,4 @@ def test_unknown_sign_is_a_config_error():
   with pytest.raises(experiment.ConfigError, match="config.sample.guidance_sign: expected one of"):
     experiment.build(small_config(sample__guidance_sign="up"))
   with pytest.raises(ValueError, match="guidance_sign"):
-    sampling.guidance_direction("up")
+    generation.guidance_direction("up")

@@ -23,7 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dxmi_jax import compiler
-from dxmi_jax import samples as samples_lib
+from dxmi_jax import image_export
 
 
 def generate(
@@ -201,4 +201,4 @@ def generate_images(exp, state, num: int, seed: int, mesh=None, labels=None, bat
   labels = sample_labels(exp, num, seed) if labels is None else labels
   gen = experiment_generator(exp, bs, mesh)
   x = sample_many(gen, state.policy.params, seed, num, bs, labels=labels, value_params=state.value.params)
-  return samples_lib.to_uint8(x, sc.rounding), labels
+  return image_export.to_uint8(x, sc.rounding), labels

@@ -58,7 +58,7 @@ def _check_uint8_nhwc(images: Any, name: str) -> np.ndarray:
 def save_samples_npz(path: Union[str, os.PathLike], images_uint8: Any, labels: Optional[Any] = None) -> None:
   """Writes ``arr_0`` (uint8 NHWC) and, if given, ``arr_1`` (int64 labels) atomically.
 
-  This is the layout OpenAI's evaluator and ``python -m dxmi_jax.evaluate``
+  This is the layout OpenAI's evaluator and ``python -m dxmi_jax.metrics``
   read.  The file is written to ``path`` exactly (no ``.npz`` appended).
   """
   images = _check_uint8_nhwc(images_uint8, "save_samples_npz")

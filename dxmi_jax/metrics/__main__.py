@@ -3,13 +3,13 @@
 Usage::
 
   # metrics of a samples npz (arr_0: uint8 NHWC) against a reference npz
-  python -m dxmi_jax.evaluate SAMPLES.npz REFERENCE.npz \
+  python -m dxmi_jax.metrics SAMPLES.npz REFERENCE.npz \
       [--inception_weights=pt_inception-2015-12-05-6726825d.pth] [--batch_size=200]
 
   # cache reference statistics of a dataset split / image folder / npz
-  python -m dxmi_jax.evaluate stats --tfds=cifar10:train --out=cifar10_train_ref.npz
-  python -m dxmi_jax.evaluate stats --folder=DIR --out=ref.npz
-  python -m dxmi_jax.evaluate stats --npz=images.npz --out=ref.npz
+  python -m dxmi_jax.metrics stats --tfds=cifar10:train --out=cifar10_train_ref.npz
+  python -m dxmi_jax.metrics stats --folder=DIR --out=ref.npz
+  python -m dxmi_jax.metrics stats --npz=images.npz --out=ref.npz
 
 Protocol.  Features come from the pytorch-fid port of the FID Inception
 (pool3, 2048-d, bilinear resize to 299, inputs uint8/255), which is what DxMI
@@ -41,7 +41,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from dxmi_jax import convert, io
-from dxmi_jax import samples as samples_lib
+from dxmi_jax import image_export
 from dxmi_jax.metrics import features as features_lib
 from dxmi_jax.metrics import fid as fid_lib
 from dxmi_jax.metrics import inception_score as is_lib
@@ -280,9 +280,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _eval_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-    prog="python -m dxmi_jax.evaluate",
+    prog="python -m dxmi_jax.metrics",
     description="FID / precision / recall / IS of SAMPLES.npz against REFERENCE.npz "
-    "(or: python -m dxmi_jax.evaluate stats --help).",
+    "(or: python -m dxmi_jax.metrics stats --help).",
   )
   p.add_argument("samples", help="npz with arr_0 = uint8 NHWC samples")
   p.add_argument("reference", help="OpenAI VIRTUAL_*.npz or a stats file from the 'stats' command")
@@ -308,7 +308,7 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 def _stats_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-    prog="python -m dxmi_jax.evaluate stats",
+    prog="python -m dxmi_jax.metrics stats",
     description="Compute and cache reference statistics (mu, sigma, P/R features).",
   )
   src = p.add_mutually_exclusive_group(required=True)
@@ -420,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   except (
     features_lib.EvaluationInputError,
     convert.CheckpointError,
-    samples_lib.SampleExportError,
+    image_export.SampleExportError,
     ValueError,
     OSError,
     ImportError,
