@@ -150,7 +150,7 @@ TINY_2D_T, TINY_2D_B = 3, 64
 
 
 def tiny_2d_config(**over):
-  """The 2D problem of test_dxmi_2d and test_scaling (32-wide MLPs, T=3, B=64); keys with dots."""
+  """The 2D problem of test_dxmi and test_parallel (32-wide MLPs, T=3, B=64); keys with dots."""
   from configs import gaussians2d  # pylint: disable=import-outside-toplevel
 
   c = gaussians2d.get_config("scratch")

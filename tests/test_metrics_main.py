@@ -7,7 +7,7 @@ whole module.
 A 2048-d ``scipy.linalg.sqrtm`` takes tens of seconds on the 2-core test
 machine, so these tests replace ``fid.frechet_distance`` by a recorder and
 check that it receives exactly the right statistics; the distance itself is
-tested against closed forms in test_eval_metrics.py.
+tested against closed forms in test_metrics.py.
 """
 
 import json
