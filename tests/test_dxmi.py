@@ -1,4 +1,4 @@
-"""The DxMI train step on the 2D problem: shapes, jit equivalence, tracing, devices, end to end."""
+"""dxmi.py on the 2D problem: rollout shapes, the iteration, tracing, devices, end to end."""
 
 import json
 import os
@@ -9,18 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_2D_B, TINY_2D_T, run_with_fake_devices
-from conftest import tiny_2d_config as tiny_config
+from conftest import REPO, TINY, TINY_WIDE, run_with_fake_devices, tiny_config
 from dxmi_jax import dxmi, experiment, modes, parallel, train
 from dxmi_jax.evaluators.vector import VectorEvaluator
 from dxmi_jax.metrics import vector
 
-T, B = TINY_2D_T, TINY_2D_B
+T, B = TINY["policy__num_steps"], TINY["training__batch_size"]
 
 
 @pytest.fixture(scope="module")
 def exp():
-  return experiment.build(tiny_config())
+  return experiment.build(tiny_config(**TINY_WIDE))
 
 
 def test_rollout_shapes_and_finite(exp):
@@ -40,7 +39,7 @@ def test_rollout_shapes_and_finite(exp):
 class TestIteration(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_jit_matches_eager(self):
-    exp = experiment.build(tiny_config())
+    exp = experiment.build(tiny_config(**TINY_WIDE))
     state = exp.init_state(jax.random.PRNGKey(0))
     batch = {"x": jnp.asarray(exp.data.local_batch(0)["x"])}
     noise = dxmi.draw_noise(jax.random.PRNGKey(1), exp.data_shape, exp.cfg, exp.policy)
@@ -79,15 +78,14 @@ def test_separate_energy_variant_runs():
   """The anomaly-detection trainer: separate energy, time-dependent value, full recursion in V."""
   exp = experiment.build(
     tiny_config(
-      **{
-        "dxmi.separate_energy": True,
-        "dxmi.gamma": 0.0,
-        "dxmi.velocity_in_value": 0,
-        "dxmi.entropy_in_value": 0,
-        "dxmi.time_cost_sig": 0.0,
-        "dxmi.value_resample": True,
-        "optim.energy_grad_clip": 0.1,
-      }
+      **TINY_WIDE,
+      dxmi__separate_energy=True,
+      dxmi__gamma=0.0,
+      dxmi__velocity_in_value=0,
+      dxmi__entropy_in_value=0,
+      dxmi__time_cost_sig=0.0,
+      dxmi__value_resample=True,
+      optim__energy_grad_clip=0.1,
     )
   )
   step = jax.jit(dxmi.make_train_step(exp.nets, exp.cfg, exp.data_shape))
@@ -103,9 +101,9 @@ _DEVICE_SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp
 sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
-from conftest import tiny_2d_config as tiny_config
+from conftest import TINY_WIDE, tiny_config
 from dxmi_jax import experiment, parallel, train, writers
-exp = experiment.build(tiny_config())
+exp = experiment.build(tiny_config(**TINY_WIDE))
 mesh = parallel.make_mesh()
 state = train.initial_state(exp, mesh)
 step = train.compile_train_step(exp, mesh)
@@ -132,16 +130,17 @@ def test_one_vs_eight_devices_same_metrics():
 
 def test_end_to_end_2d_improves_sw(tmp_path):
   c = tiny_config(
-    **{
-      "training.num_iters": 400,
-      "training.log_every": 100,
-      "training.checkpoint_every": 400,
-      "policy.net.hidden": (64, 64),
-      "value.hidden": (64, 64),
-      "optim.policy_lr": 2e-3,
-      "optim.policy_sigma_lr": 1e-2,
-      "optim.value_lr": 2e-3,
-    }
+    **dict(
+      TINY_WIDE,
+      training__num_iters=400,
+      training__log_every=100,
+      training__checkpoint_every=400,
+      policy__net__hidden=(64, 64),
+      value__hidden=(64, 64),
+      optim__policy_lr=2e-3,
+      optim__policy_sigma_lr=1e-2,
+      optim__value_lr=2e-3,
+    )
   )
   exp = experiment.build(c)
   untrained = VectorEvaluator(exp)(exp.init_state(jax.random.PRNGKey(c.training.seed)), 0)
@@ -161,66 +160,3 @@ def test_end_to_end_2d_improves_sw(tmp_path):
   again = modes.run(c, str(tmp_path), "eval")
   assert again["sw"] == pytest.approx(final["sw"]) and again["auc"] == pytest.approx(final["auc"])
   assert json.loads(open(tmp_path / "eval" / "metrics.jsonl").readline())["step"] == 400
-
-
-# ------------------------------------------------------------------ metrics
-def test_sliced_wasserstein_closed_form():
-  rng = np.random.default_rng(0)
-  x = rng.standard_normal((5000, 2))
-  c = np.array([3.0, -4.0])
-  # W2 between a set and its translate is |theta . c| per direction; E(theta.c)^2 = |c|^2 / 2 in 2D
-  sw = vector.sliced_wasserstein(x, x + c, num_projections=20000, p=2)
-  np.testing.assert_allclose(sw, np.linalg.norm(c) / np.sqrt(2), rtol=0.01)
-  assert vector.sliced_wasserstein(x, x, 100) == 0.0
-  assert vector.sliced_wasserstein(x, x[::-1], 100) < 1e-12  # permutation-invariant
-
-
-def test_auc_and_ideal_density():
-  assert vector.auc([2, 3, 4], [0, 1]) == 1.0
-  assert vector.auc([0, 1], [2, 3]) == 0.0
-  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
-
-  x = toy2d.sample2d("8gaussians", 4000, np.random.default_rng(0))
-  # the true density integrates to 1 over the plane (grid check) and peaks on the data
-  g = np.linspace(-6, 6, 401)
-  grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-  mass = np.exp(toy2d.log_density_8gaussians(grid)).sum() * (g[1] - g[0]) ** 2
-  np.testing.assert_allclose(mass, 1.0, rtol=1e-3)
-  noise = vector.uniform_box(4000, 2, seed=1)
-  ideal = vector.auc(toy2d.log_density_8gaussians(x), toy2d.log_density_8gaussians(noise))
-  assert 0.85 < ideal < 0.95
-
-
-def test_8gaussians_matches_definition():
-  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
-
-  x = toy2d.sample2d("8gaussians", 40000, np.random.default_rng(0)) * 1.414
-  r = np.linalg.norm(x, axis=1)
-  ang = np.mod(np.round(np.arctan2(x[:, 1], x[:, 0]) / (np.pi / 4)), 8)
-  centres = 4 * np.stack([np.cos(ang * np.pi / 4), np.sin(ang * np.pi / 4)], 1)
-  resid = x - centres
-  np.testing.assert_allclose(resid.std(0), 0.5, rtol=0.02)
-  np.testing.assert_allclose(np.median(r), 4.0, rtol=0.02)
-  np.testing.assert_allclose(np.bincount(ang.astype(int), minlength=8) / len(x), 1 / 8, atol=0.01)
-
-
-def test_npy_data_errors(tmp_path):
-  from dxmi_jax.data import toy2d  # pylint: disable=import-outside-toplevel
-
-  good = tmp_path / "pts.npy"
-  np.save(good, np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32))
-  d = toy2d.VectorData("npy", 0, str(good))
-  assert d.dim == 3 and d.batch(7, 32).shape == (32, 3)
-  np.testing.assert_array_equal(d.batch(7, 32), toy2d.VectorData("npy", 0, str(good)).batch(7, 32))
-  bad = tmp_path / "bad.npy"
-  np.save(bad, np.zeros((10,)))
-  with pytest.raises(ValueError, match="config.data.path.*shape"):
-    toy2d.VectorData("npy", 0, str(bad))
-  junk = tmp_path / "junk.npy"
-  junk.write_bytes(b"not numpy")
-  with pytest.raises(ValueError, match="config.data.path.*not a readable"):
-    toy2d.VectorData("npy", 0, str(junk))
-  with pytest.raises(ValueError, match="config.data.path: file not found"):
-    toy2d.VectorData("npy", 0, str(tmp_path / "missing.npy"))
-  with pytest.raises(ValueError, match="config.data.name"):
-    toy2d.VectorData("spiral", 0)

@@ -1,11 +1,13 @@
-"""Value-guided sampling: both signs, against a closed-form value, and through the config."""
+"""Generation (generation.py): the cached, sharded generator; value-guided sampling, both signs, against a
+closed-form value, and through the config."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dxmi_jax import experiment, generation
+from conftest import tiny_image_experiment
+from dxmi_jax import experiment, generation, parallel
 
 CENTER = jnp.array([1.5, -0.5], jnp.float32)
 
@@ -79,3 +81,17 @@ def test_unknown_sign_is_a_config_error():
     experiment.build(small_config(sample__guidance_sign="up"))
   with pytest.raises(ValueError, match="guidance_sign"):
     generation.guidance_direction("up")
+
+
+def test_generator_is_cached_and_sharded():
+  exp = tiny_image_experiment()
+  mesh = parallel.make_mesh()
+  args = (exp.policy, exp.data_shape[1:], 8, mesh)
+  kw = dict(value_apply=exp.nets.value_apply)
+  gen = generation.make_generator(*args, **kw)
+  assert generation.make_generator(*args, **kw) is gen
+  assert generation.make_generator(exp.policy, exp.data_shape[1:], 16, mesh, **kw) is not gen
+  state = jax.jit(exp.init_state)(jax.random.PRNGKey(0))
+  x = gen(state.policy.params, jax.random.PRNGKey(1), None, state.value.params)
+  assert x.shape == (8,) + tuple(exp.data_shape[1:])
+  assert x.sharding.spec == jax.sharding.PartitionSpec("data")

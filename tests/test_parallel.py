@@ -17,7 +17,7 @@ import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh
 sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
-from conftest import tiny_2d_config as tiny_config
+from conftest import TINY_WIDE, tiny_config
 from dxmi_jax import experiment, parallel, train
 
 def analyse(exp, mesh):
@@ -33,12 +33,12 @@ def analyse(exp, mesh):
           "args": int(mem.argument_size_in_bytes)}}
 
 out = {{}}
-big = dict(**{{"training.batch_size": 256, "dxmi.policy_minibatches": 3, "policy.net.hidden": (64, 64),
-             "value.hidden": (64, 64)}})
+big = dict(TINY_WIDE, training__batch_size=256, dxmi__policy_minibatches=3, policy__net__hidden=(64, 64),
+           value__hidden=(64, 64))
 exp = experiment.build(tiny_config(**big))
 one, eight = Mesh(np.asarray(jax.devices()[:1]), ("data",)), parallel.make_mesh()
 out["one"], out["eight"] = analyse(exp, one), analyse(exp, eight)
-fsdp = experiment.build(tiny_config(**big, **{{"training.fsdp": True, "training.fsdp_min_size": 1024}}))
+fsdp = experiment.build(tiny_config(**big, training__fsdp=True, training__fsdp_min_size=1024))
 out["eight_fsdp"] = analyse(fsdp, eight)
 
 # FSDP changes where the state lives, not what it is: two steps against the replicated run
