@@ -42,7 +42,7 @@ setup(
   extras_require={
     # ruff: the formatter and linter the README's test command runs (pyproject.toml); pinned, since
     # formatting changes between releases.
-    # diffusers: tests/test_diffusers.py builds UNet2DModels with it to check parity (it runs on the
+    # diffusers: tests/test_diffusers_io.py builds UNet2DModels with it to check parity (it runs on the
     # torch of the convert extra; it pulls no CUDA packages itself).
     # setuptools: tests/test_wheelhouse.py builds our wheel offline (--no-build-isolation); 70.1 is the first
     # release that builds wheels without the separate `wheel` package, and Python 3.12 venvs come without it.

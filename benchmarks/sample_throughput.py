@@ -3,7 +3,7 @@
     python benchmarks/sample_throughput.py --config=configs/cifar10.py --batch=1000 --batches=5 \
         --config.data.name=synthetic --config.init.policy_checkpoint= --out=results/sample_throughput_cifar10.json
 
-Runs the production sampler (``sampling.experiment_generator``: jitted once, split over every
+Runs the production sampler (``generation.experiment_generator``: jitted once, split over every
 device on the data mesh) on a freshly initialised policy (throughput does not depend on
 the weights). The first batch (compilation) is timed separately; the timed part covers
 ``--batches`` batches, each synced to the host as ``sample_many`` does. Peak memory is the
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dxmi_jax import experiment, io, parallel, sampling, train  # noqa: E402
+from dxmi_jax import experiment, generation, io, parallel, train  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/cifar10.py", "Experiment config.")
 flags.DEFINE_integer("batch", 1000, "Global sampling batch, split over all devices.")
@@ -39,8 +39,8 @@ def main(_):
   exp = experiment.build(config)
   mesh = parallel.make_mesh()
   state = train.initial_state(exp, mesh)
-  gen = sampling.experiment_generator(exp, FLAGS.batch, mesh)
-  labels = sampling.sample_labels(exp, FLAGS.batch * (FLAGS.batches + 1), 0)
+  gen = generation.experiment_generator(exp, FLAGS.batch, mesh)
+  labels = generation.sample_labels(exp, FLAGS.batch * (FLAGS.batches + 1), 0)
 
   def one(i):
     y = None if labels is None else jax.numpy.asarray(labels[i * FLAGS.batch : (i + 1) * FLAGS.batch])

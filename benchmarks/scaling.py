@@ -224,12 +224,12 @@ def measure_sampler(spec: str, batch: int) -> dict:
   """The training-time sampler (``evaluators.images.ImageEvaluator``'s) compiled on every visible device."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from dxmi_jax import experiment, parallel, sampling  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import experiment, generation, parallel  # pylint: disable=import-outside-toplevel
 
   c = load_config(spec)
   exp = experiment.build(c)
   mesh = parallel.make_mesh()
-  gen = sampling.make_generator(exp.policy, exp.data_shape[1:], batch, mesh, value_apply=exp.nets.value_apply)
+  gen = generation.make_generator(exp.policy, exp.data_shape[1:], batch, mesh, value_apply=exp.nets.value_apply)
   abstract = exp.abstract_state()
   y = jax.ShapeDtypeStruct((batch,), jnp.int32) if exp.class_cond else None
   t0 = time.time()

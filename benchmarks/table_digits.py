@@ -188,9 +188,9 @@ def _args(argv=None):
 
 def _save_grid(path, images_uint8, scale=4):
   from PIL import Image  # pylint: disable=import-outside-toplevel
-  from dxmi_jax import samples as samples_lib  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import image_export  # pylint: disable=import-outside-toplevel
 
-  grid = samples_lib.make_grid(images_uint8[:64], nrow=8, padding=1)[..., 0]
+  grid = image_export.make_grid(images_uint8[:64], nrow=8, padding=1)[..., 0]
   grid = np.kron(grid, np.ones((scale, scale), np.uint8))
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(grid).save(path)
@@ -401,11 +401,11 @@ def learning_curves(run_dir):
 
 
 def generate(policy, params, num, seed, batch=500):
-  from dxmi_jax import sampling, samples as samples_lib  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import generation, image_export  # pylint: disable=import-outside-toplevel
 
   bs = min(batch, num)
-  gen = sampling.make_generator(policy, (8, 8, 1), bs)
-  return samples_lib.to_uint8(sampling.sample_many(gen, params, seed, num, bs), "round")
+  gen = generation.make_generator(policy, (8, 8, 1), bs)
+  return image_export.to_uint8(generation.sample_many(gen, params, seed, num, bs), "round")
 
 
 def _summary(per_seed):

@@ -161,7 +161,7 @@ def get_config():
   c.sample.num = 10000
   c.sample.batch_size = 1000
   c.sample.labels = ""  # "" random labels; "3" or "1,2,3" fixed labels (class-conditional)
-  c.sample.guidance_scale = 0.0  # value guidance g (0: none); see dxmi_jax/sampling.py
+  c.sample.guidance_scale = 0.0  # value guidance g (0: none); see dxmi_jax/generation.py
   c.sample.guidance_sign = "descend"  # descend: x - g sigma grad V (ours) | official: x + g sigma grad V
   c.sample.rounding = "round"  # image export: round | truncate
   c.sample.seed = 0

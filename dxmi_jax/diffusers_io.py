@@ -57,7 +57,7 @@ WEIGHTS_SAFETENSORS = "diffusion_pytorch_model.safetensors"
 WEIGHTS_BIN = "diffusion_pytorch_model.bin"
 SCHEDULER_CONFIG = "scheduler_config.json"
 SAMPLER_JSON = "dxmi_sampler.json"
-#: the diffusers release the exported folders were checked against (tests/test_diffusers.py)
+#: the diffusers release the exported folders were checked against (tests/test_diffusers_io.py)
 DIFFUSERS_VERSION = "0.42.1"
 
 #: ``UNet2DModel.__init__`` defaults (diffusers 0.42); a missing field takes these, as there.

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from dxmi_jax import data as data_lib
 from dxmi_jax import init as init_lib
-from dxmi_jax import dxmi, dxmi_config, evaluators, networks, optim, policies, projects, sampling
+from dxmi_jax import dxmi, dxmi_config, evaluators, networks, optim, policies, projects, generation
 from dxmi_jax.data import toy2d
 from dxmi_jax.errors import ConfigError, check_ranges
 from dxmi_jax.models import conv
@@ -98,9 +98,9 @@ _RUN_RANGES = (
 def _check_run_inputs(config, mode):
   """Pretraining and sampling numbers, and the files config.init and config.eval name."""
   check_ranges(config, _RUN_RANGES)
-  if config.sample.guidance_sign not in sampling.GUIDANCE_SIGNS:
+  if config.sample.guidance_sign not in generation.GUIDANCE_SIGNS:
     raise ConfigError(
-      f"config.sample.guidance_sign: expected one of {sorted(sampling.GUIDANCE_SIGNS)}, "
+      f"config.sample.guidance_sign: expected one of {sorted(generation.GUIDANCE_SIGNS)}, "
       f"got {config.sample.guidance_sign!r}"
     )
   for key in ("policy_checkpoint", "value_checkpoint"):
@@ -110,7 +110,7 @@ def _check_run_inputs(config, mode):
   if config.eval.reference_stats and not os.path.isfile(config.eval.reference_stats):
     raise ConfigError(
       f"config.eval.reference_stats: {config.eval.reference_stats} does not exist (write one "
-      f"with `python -m dxmi_jax.evaluate stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)"
+      f"with `python -m dxmi_jax.metrics stats ... --out=FILE`, or use OpenAI's VIRTUAL_*.npz)"
     )
   if mode == "sample" and config.sample.num < 1:
     raise ConfigError(f"config.sample.num must be >= 1, got {config.sample.num}")

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 
 from dxmi_jax import checkpoint as ckpt_lib
-from dxmi_jax import evaluators, experiment, io, parallel, preemption, projects, sampling, train, writers
+from dxmi_jax import evaluators, experiment, generation, io, parallel, preemption, projects, train, writers
 from dxmi_jax.errors import ConfigError
 
 MODES = ("train", "pretrain", "sample", "eval", "score")
@@ -254,8 +254,8 @@ def sample(exp, workdir, step=None):
   if not exp.is_vector:
     return _sample_images(exp, state, workdir, mesh)
   sc = exp.config.sample
-  gen = sampling.experiment_generator(exp, sc.batch_size, mesh)
-  x = sampling.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size, value_params=state.value.params)
+  gen = generation.experiment_generator(exp, sc.batch_size, mesh)
+  x = generation.sample_many(gen, state.policy.params, sc.seed, sc.num, sc.batch_size, value_params=state.value.params)
   path = os.path.join(workdir, "samples.npz")
   if jax.process_index() == 0:
     io.atomic_savez(path, arr_0=x.astype(np.float32))
@@ -265,14 +265,14 @@ def sample(exp, workdir, step=None):
 
 def _sample_images(exp, state, workdir, mesh):
   """Images: <workdir>/samples.npz (uint8 arr_0, arr_1 labels) and samples_grid.png."""
-  from dxmi_jax import samples as samples_lib  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import image_export  # pylint: disable=import-outside-toplevel
 
   sc = exp.config.sample
-  imgs, labels = sampling.generate_images(exp, state, sc.num, sc.seed, mesh)
+  imgs, labels = generation.generate_images(exp, state, sc.num, sc.seed, mesh)
   path = os.path.join(workdir, "samples.npz")
   if jax.process_index() == 0:
-    samples_lib.save_samples_npz(path, imgs, labels)
-    samples_lib.save_image_grid(
+    image_export.save_samples_npz(path, imgs, labels)
+    image_export.save_image_grid(
       os.path.join(workdir, "samples_grid.png"),
       np.repeat(imgs[:64], 3, -1) if imgs.shape[-1] == 1 else imgs[:64],
       nrow=8,

@@ -1,5 +1,6 @@
 """Shared test setup: a persistent compilation cache, the golden-vector folder, and the helpers of
-the training tests (tiny 2D config, CLI flags, subprocess environment, metrics records)."""
+the training tests: the one tiny 2D config builder (``tiny_config``, keys with "__" for "."), CLI flags,
+subprocess environment, metrics records, the faults' reference run, a tiny image experiment."""
 
 import os
 import pathlib
@@ -59,26 +60,39 @@ SMALL = {
 
 
 # ------------------------------------------------- helpers of the training tests
-TINY = {
-  "policy.net.hidden": (16, 16),
-  "value.hidden": (16, 16),
-  "training.batch_size": 64,
-  "policy.num_steps": 3,
-  "eval.num_samples": 1000,
-  "eval.sw_projections": 100,
-  "training.log_every": 25,
-  "training.checkpoint_every": 25,
-}
+#: the tiny 2D problem (configs/gaussians2d.py:scratch): keys are config paths with "__" for "."
+TINY = dict(
+  policy__net__hidden=(16, 16),
+  value__hidden=(16, 16),
+  training__batch_size=64,
+  policy__num_steps=3,
+  eval__num_samples=1000,
+  eval__sw_projections=100,
+  training__log_every=25,
+  training__checkpoint_every=25,
+)
+#: on top of TINY, the 2D problem of test_dxmi and test_parallel: 32-wide MLPs, a larger evaluation,
+#: and the config's own logging and checkpoint intervals (``tiny_config(**TINY_WIDE)``)
+TINY_WIDE = dict(
+  policy__net__hidden=(32, 32),
+  value__hidden=(32, 32),
+  eval__num_samples=2000,
+  eval__sw_projections=200,
+  training__log_every=100,
+  training__checkpoint_every=1000,
+)
 
 
 def overrides(**over):
-  """TINY plus keyword overrides written with "__" for "." (training__num_iters=10)."""
-  out = dict(TINY)
+  """TINY plus keyword overrides, as config paths ("training__num_iters" -> "training.num_iters")."""
+  out = {k.replace("__", "."): v for k, v in TINY.items()}
   out.update({k.replace("__", "."): v for k, v in over.items()})
   return out
 
 
 def tiny_config(**over):
+  """The one tiny config builder: configs/gaussians2d.py:scratch with ``overrides(**over)``
+  (tiny_config(training__num_iters=10), tiny_config(**TINY_WIDE))."""
   if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # configs/ is a top-level folder of the checkout
   from configs import gaussians2d  # pylint: disable=import-outside-toplevel
@@ -124,6 +138,61 @@ def records(workdir):
   return writers.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
 
 
+# ------------------------------------------------- the faults' reference run (test_checkpoint, test_preemption)
+FAULT_RUN_ITERS = 1000
+FAULT_RUN = dict(
+  training__num_iters=FAULT_RUN_ITERS,
+  training__log_every=50,
+  training__checkpoint_every=250,
+  training__eval_every=500,
+  training__best_metric="sw",
+  training__keep_checkpoints=3,
+)
+
+
+@pytest.fixture(scope="session")
+def fault_reference(tmp_path_factory):
+  """One uninterrupted in-process run of ``tiny_config(**FAULT_RUN)``: runs that met a fault and were
+  started again must end bitwise equal to it.  Tests copy it; nothing writes into it."""
+  from dxmi_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import modes  # pylint: disable=import-outside-toplevel
+
+  wd = tmp_path_factory.mktemp("fault_reference")
+  modes.run(tiny_config(**FAULT_RUN), str(wd))
+  assert ckpt_lib.committed_steps(str(wd)) == [500, 750, 1000]
+  return wd
+
+
+def assert_same_final_state(a_dir, b_dir):
+  """The newest checkpoints of two FAULT_RUN workdirs are at the last step and bitwise equal."""
+  from dxmi_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+
+  a, ma = ckpt_lib.load_raw(str(a_dir))
+  b, mb = ckpt_lib.load_raw(str(b_dir))
+  assert ma["step"] == mb["step"] == FAULT_RUN_ITERS
+  flat_a, flat_b = jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+  for (path, x), (_, y) in zip(flat_a, flat_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def assert_same_records(a_dir, b_dir):
+  """metrics.jsonl of two workdirs equal record for record (``perf/`` fields aside)."""
+  ra, rb = records(a_dir), records(b_dir)
+  assert [(r["step"], r["kind"]) for r in ra] == [(r["step"], r["kind"]) for r in rb]
+  for x, y in zip(ra, rb):
+    assert writers.comparable(x) == writers.comparable(y), (x["step"], x["kind"])
+
+
+def assert_logs_whole(wd):
+  """metrics.jsonl ends with a complete line; every TensorBoard event file ends with a complete record."""
+  text = (wd / "metrics.jsonl").read_text()
+  assert text.endswith("\n")
+  assert len(records(wd)) == len([l for l in text.splitlines() if l.strip()])
+  for path in (wd / "tensorboard").glob("events.out.tfevents.*"):
+    assert writers._complete_length(str(path)) == path.stat().st_size, path  # pylint: disable=protected-access
+
+
 # ------------------------------------------------- the golden DxMI iterations' toy MLPs
 def golden_mlp_params(g, prefix, n_layers):
   """torch mlp.{0,2,4}.{weight,bias} -> TimeMLP dense_{0,1,2}.{kernel,bias}."""
@@ -145,30 +214,7 @@ def torch_mlp_names(flax_params, n_layers=3):
   return out
 
 
-# ------------------------------------------------- 2D problem and fake-device subprocesses
-TINY_2D_T, TINY_2D_B = 3, 64
-
-
-def tiny_2d_config(**over):
-  """The 2D problem of test_dxmi_2d and test_scaling (32-wide MLPs, T=3, B=64); keys with dots."""
-  from configs import gaussians2d  # pylint: disable=import-outside-toplevel
-
-  c = gaussians2d.get_config("scratch")
-  c.policy.num_steps = TINY_2D_T
-  c.training.batch_size = TINY_2D_B
-  c.policy.net.hidden = (32, 32)
-  c.value.hidden = (32, 32)
-  c.eval.num_samples = 2000
-  c.eval.sw_projections = 200
-  for k, v in over.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
-
-
+# ------------------------------------------------- fake-device subprocesses
 def run_with_fake_devices(script: str, n: int, timeout: int):
   """Runs ``script`` in a fresh Python with ``n`` fake CPU devices; returns its last RESULT{json} line."""
   import json  # pylint: disable=import-outside-toplevel
@@ -193,3 +239,16 @@ def anomaly_config_on(tmp_path, variant="smoke", rows=100, dim=6):
   c = anomaly_config.get_config(variant)
   c.data.path = str(tmp_path / "t.npz")
   return c
+
+
+def tiny_image_experiment():
+  """configs/cifar10.py:smoke shrunk to 8x8 images, T=2 and a one-level UNet: an image experiment that
+  compiles quickly."""
+  from configs import cifar10  # pylint: disable=import-outside-toplevel
+  from dxmi_jax import experiment  # pylint: disable=import-outside-toplevel
+
+  c = cifar10.get_config("smoke")
+  c.policy.num_steps = 2
+  c.data.image_size = c.policy.net.resolution = 8  # a tiny UNet of the same family: a quick compile
+  c.policy.net.ch_mult, c.policy.net.attn_resolutions = (1,), (8,)
+  return experiment.build(c)

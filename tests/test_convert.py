@@ -1,6 +1,6 @@
 """Checkpoint conversion: exact round trips, wrappers/prefixes, strict errors, Orbax export + CLI.
 
-Forward parity of the converted networks is in test_networks.py.
+Forward parity of the converted networks is in test_models.py.
 """
 
 import os

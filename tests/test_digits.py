@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dxmi_jax import experiment, modes, samples, sampling, train
+from dxmi_jax import experiment, generation, image_export, modes, train
 from dxmi_jax.data import digits as digits_data
 from dxmi_jax.metrics import digits_classifier as dc
 from dxmi_jax.metrics import features as features_lib
@@ -161,8 +161,8 @@ def test_pretrain_then_dxmi_then_metric(tmp_path, clf):
   moved = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params["net"]), jax.tree.leaves(loaded))]
   assert 0 < max(moved) < 1.0
   bs = c.sample.batch_size  # the train loop's evaluation used this shape: a compilation-cache hit
-  gen = sampling.make_generator(exp.policy, (8, 8, 1), bs)
-  imgs = samples.to_uint8(sampling.sample_many(gen, params, 0, 32, bs))
+  gen = generation.make_generator(exp.policy, (8, 8, 1), bs)
+  imgs = image_export.to_uint8(generation.sample_many(gen, params, 0, 32, bs))
   m = clf.evaluate(imgs, "test")
   assert np.isfinite(m["fd"]) and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
   np.testing.assert_allclose(np.sum(m["class_hist"]), 1.0)

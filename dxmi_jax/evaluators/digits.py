@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, Optional
 
-from dxmi_jax import sampling
+from dxmi_jax import generation
 from dxmi_jax.data import digits as digits_data
 from dxmi_jax.errors import ConfigError
 from dxmi_jax.evaluators.images import ImageEvaluator
@@ -40,7 +40,7 @@ class DigitsEvaluator(ImageEvaluator):
 
   def __init__(self, exp):
     super().__init__(exp)
-    self.batch_size = sampling.generation_batch(exp, exp.config.eval.fid_num_samples)
+    self.batch_size = generation.generation_batch(exp, exp.config.eval.fid_num_samples)
 
   @functools.cached_property
   def _classifier(self):
@@ -55,7 +55,7 @@ class DigitsEvaluator(ImageEvaluator):
   ) -> Dict[str, float]:
     del final
     exp, ec = self.exp, self.exp.config.eval
-    imgs, _ = sampling.generate_images(
+    imgs, _ = generation.generate_images(
       exp, state, ec.fid_num_samples, seed=exp.config.sample.seed + 1, mesh=self.mesh, batch_size=self.batch_size
     )
     self.write_grid(imgs, step, workdir, writer)  # the grid is the first 64 of the scored samples

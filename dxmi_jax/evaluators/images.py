@@ -1,7 +1,7 @@
 """Evaluation of image runs: a sample grid (TensorBoard + PNG) and, when configured, the FID proxy.
 
 Generation is split over every device, and the grid and the FID samples share one batch
-size, so the sampler is traced and compiled once per run (``sampling.make_generator``
+size, so the sampler is traced and compiled once per run (``generation.make_generator``
 caches it), not at every evaluation.  The Inception extractor and the reference
 statistics are loaded once, by the evaluator.
 """
@@ -15,7 +15,7 @@ from typing import Dict, Optional
 import jax
 import numpy as np
 
-from dxmi_jax import parallel, samples, sampling
+from dxmi_jax import generation, image_export, parallel
 from dxmi_jax.errors import CheckpointError, ConfigError
 
 
@@ -24,7 +24,7 @@ def grid_image(images_uint8):
   imgs = images_uint8[:64]
   if imgs.shape[-1] == 1:
     imgs = np.repeat(imgs, 3, axis=-1)
-  return samples.make_grid(imgs, nrow=8)
+  return image_export.make_grid(imgs, nrow=8)
 
 
 class ImageEvaluator:
@@ -47,7 +47,7 @@ class ImageEvaluator:
     self.exp = exp
     self.mesh = parallel.make_mesh()
     ec = exp.config.eval
-    self.batch_size = sampling.generation_batch(exp, ec.fid_num_samples if ec.reference_stats else 64)
+    self.batch_size = generation.generation_batch(exp, ec.fid_num_samples if ec.reference_stats else 64)
 
   @functools.cached_property
   def _fid(self):
@@ -63,7 +63,7 @@ class ImageEvaluator:
     if writer is not None:
       writer.image("samples", grid_image(imgs), step)
     if workdir is not None and jax.process_index() == 0:
-      samples.save_image_grid(os.path.join(workdir, "samples_grid.png"), imgs[:64], nrow=8)
+      image_export.save_image_grid(os.path.join(workdir, "samples_grid.png"), imgs[:64], nrow=8)
 
   def __call__(
     self, state, step: int, *, final: bool = False, workdir: Optional[str] = None, writer=None
@@ -71,7 +71,7 @@ class ImageEvaluator:
     del final
     exp, ec = self.exp, self.exp.config.eval
     out = {}
-    imgs, _ = sampling.generate_images(
+    imgs, _ = generation.generate_images(
       exp, state, 64, seed=exp.config.sample.seed, mesh=self.mesh, batch_size=self.batch_size
     )
     self.write_grid(imgs, step, workdir, writer)
@@ -79,7 +79,7 @@ class ImageEvaluator:
       from dxmi_jax.metrics import fid  # pylint: disable=import-outside-toplevel
 
       extractor, ref = self._fid
-      imgs, _ = sampling.generate_images(
+      imgs, _ = generation.generate_images(
         exp, state, ec.fid_num_samples, seed=exp.config.sample.seed + 1, mesh=self.mesh, batch_size=self.batch_size
       )
       if imgs.shape[-1] == 1:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dxmi_jax import io, sampling
+from dxmi_jax import generation, io
 from dxmi_jax.data import toy2d
 from dxmi_jax.metrics import vector
 
@@ -51,7 +51,7 @@ class VectorEvaluator:
     ec = exp.config.eval
     self.n, self.projections, self.draws = ec.num_samples, ec.sw_projections, max(1, ec.sw_draws)
     self.dim = exp.data_shape[1]
-    self._gen = jax.jit(functools.partial(sampling.generate, exp.policy, num=self.n, sample_shape=(self.dim,)))
+    self._gen = jax.jit(functools.partial(generation.generate, exp.policy, num=self.n, sample_shape=(self.dim,)))
     self._energy = jax.jit(lambda state, x: exp.energy_fn(state)(x))
     self.start_samples: Optional[np.ndarray] = None
 

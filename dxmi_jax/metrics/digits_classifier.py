@@ -25,7 +25,7 @@ changed recipe never reads stale weights.  Floating-point differences between ma
 change the trained weights in the last bits, so compare numbers computed with one cached
 classifier.
 
-Inputs are uint8 NHWC ``(N, 8, 8, 1)`` images (what ``samples.to_uint8`` gives), mapped to
+Inputs are uint8 NHWC ``(N, 8, 8, 1)`` images (what ``image_export.to_uint8`` gives), mapped to
 [-1, 1] exactly as the data loader maps the training images.
 """
 
@@ -79,7 +79,7 @@ def to_float(images_uint8: Any) -> np.ndarray:
   x = np.asarray(images_uint8)
   if x.dtype != np.uint8:
     raise features_lib.EvaluationInputError(
-      f"digits metric: expected uint8 images (use samples.to_uint8 first), got dtype {x.dtype}"
+      f"digits metric: expected uint8 images (use image_export.to_uint8 first), got dtype {x.dtype}"
     )
   if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
     raise features_lib.EvaluationInputError(f"digits metric: expected images of shape (N, 8, 8, 1), got {x.shape}")

@@ -46,7 +46,7 @@ def validate_images(images: Any, name: str = "images", expect_hwc: Optional[Tupl
   if arr.dtype != np.uint8:
     raise EvaluationInputError(
       f"{name}: expected uint8 images in [0, 255] (NHWC), got dtype {arr.dtype}; "
-      f"convert samples with dxmi_jax.samples.to_uint8"
+      f"convert samples with dxmi_jax.image_export.to_uint8"
     )
   if arr.ndim != 4 or arr.shape[-1] != 3:
     raise EvaluationInputError(f"{name}: expected an NHWC array with 3 channels, got shape {arr.shape}")

@@ -14,7 +14,7 @@ Reference files (npz) come in two kinds, both read by :func:`load_reference`:
 * OpenAI's ``VIRTUAL_*.npz``: ``mu``, ``sigma`` (from the TF Inception graph),
   ``arr_0`` reference images (uint8 NHWC) for precision/recall, optionally
   ``mu_s``/``sigma_s`` (sFID, unused here);
-* our cached statistics (``python -m dxmi_jax.evaluate stats``): ``mu``,
+* our cached statistics (``python -m dxmi_jax.metrics stats``): ``mu``,
   ``sigma``, ``n``, ``features`` (pool3 features of up to 10k images, for
   precision/recall) and metadata strings ``protocol``, ``feature_extractor``,
   ``source``.

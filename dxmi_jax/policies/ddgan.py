@@ -29,13 +29,13 @@ DDGAN leaves a choice, and mark each such choice [inferred]:
 * ``use_z``: a fresh z at every step, as DDGAN's ``sample_from_model``.
 
 Where z comes from.  DxMI's functions hand a policy one data-shaped noise tensor per
-step (``dxmi.StepNoise``, ``sampling.generate``), and a rollout must be a pure function
+step (``dxmi.StepNoise``, ``generation.generate``), and a rollout must be a pure function
 of that noise.  The policy therefore derives z from the step's noise: each sample's
 noise is hashed into a PRNG key (``latent_from_noise``: the float32 bits, XOR-folded
 to two 32-bit words, form a threefry key) from which z ~ N(0, I) is drawn.  The
 same noise always gives the same z, different noise gives unrelated z, and z is
 statistically independent of the Gaussian noise that it is hashed from.  Nothing
-in ``dxmi.py`` or ``sampling.py`` needs to know about z.  Tests and DDGAN parity
+in ``dxmi.py`` or ``generation.py`` needs to know about z.  Tests and DDGAN parity
 pass an explicit ``z=`` to ``step`` instead.
 """
 
