@@ -279,9 +279,14 @@ def dxmi_config(config) -> dxmi.DxMIConfig:
     policy_train_mode=d.policy_train_mode,
     separate_energy=d.separate_energy,
     avr_init=d.avr_init,
-    rollout_unroll=config.perf.rollout_unroll,
-    td_unroll=config.perf.td_unroll,
-    policy_grad_chunks=policy_grad_chunks(config),
+  )
+
+
+def perf_config(config) -> dxmi.Perf:
+  """The compilation switches of the iteration (config.perf; the result is the same)."""
+  p = config.perf
+  return dxmi.Perf(
+    rollout_unroll=p.rollout_unroll, td_unroll=p.td_unroll, policy_grad_chunks=policy_grad_chunks(config)
   )
 
 
@@ -302,23 +307,24 @@ def net_config(sub) -> tuple:
   return sub.arch, fields
 
 
-def build_net(sub, **overrides):
+def build_net(sub, conv_mode=None, **overrides):
+  """``conv_mode``: config.perf.conv (models/conv.py), carried by the network's convolutions."""
   arch, fields = net_config(sub)
   fields.update(overrides)
-  return registry.build(arch, fields)
+  return registry.build(arch, fields, conv_mode=conv_mode)
 
 
 def build_policy(config, net=None):
   from dxmi_jax.policies import build_policy as _build  # pylint: disable=import-outside-toplevel
 
-  return _build(config, net if net is not None else build_net(config.policy.net))
+  return _build(config, net if net is not None else build_net(config.policy.net, config.perf.conv))
 
 
 def build_value(config):
   overrides = {}
   if config.value.arch == "mlp" and config.value.time_scale < 0:
     overrides["time_scale"] = 1.0 / config.policy.num_steps  # V(x, t) sees t / T
-  return build_net(config.value, **overrides)
+  return build_net(config.value, config.perf.conv, **overrides)
 
 
 # ---------------------------------------------------------------- experiment
@@ -336,6 +342,7 @@ class Experiment:
   cfg: dxmi.DxMIConfig
   class_cond: bool
   num_classes: int
+  perf: dxmi.Perf = dxmi.Perf()  # config.perf: how the iteration is compiled
 
   @property
   def is_vector(self) -> bool:
@@ -392,13 +399,12 @@ def build(config, mode: str = "train") -> Experiment:
 
 def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=False, num_classes=0):
   """The networks and policy of a config around already-built data."""
-  conv.set_mode(config.perf.conv)  # read when the networks are traced
   try:
-    policy = build_policy(config, build_net(config.policy.net, **(policy_net_overrides or {})))
+    policy = build_policy(config, build_net(config.policy.net, config.perf.conv, **(policy_net_overrides or {})))
   except ValueError as e:
     raise ConfigError(str(e)) from None
   value_module = build_value(config)
-  energy_module = build_net(config.energy) if config.dxmi.separate_energy else None
+  energy_module = build_net(config.energy, config.perf.conv) if config.dxmi.separate_energy else None
   nets = dxmi.Networks(
     policy=policy,
     value_apply=dxmi.module_apply(value_module),
@@ -415,4 +421,5 @@ def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=Fal
     cfg=dxmi_config(config),
     class_cond=class_cond,
     num_classes=num_classes,
+    perf=perf_config(config),
   )
