@@ -130,6 +130,8 @@ def get_config():
 
   # ------------------------------------------------------------- perf
   # How the iteration is compiled; the results do not depend on it (benchmarks/step_time.py).
+  # Read where they act: dxmi.Perf (unrolls, chunks; dxmi_config.perf_from_config), the networks' conv_mode
+  # (conv), compiler.options (cpu_dots); none of it enters dxmi.DxMIConfig.
   c.perf = ml_collections.ConfigDict()
   c.perf.rollout_unroll = 1  # rollout lax.scan: 1 a loop, k steps per trip, 0 fully unrolled
   c.perf.td_unroll = 1  # TD lax.scan, the same (unrolled: compiles ~2x longer, no faster on CPU)

@@ -31,9 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dxmi_jax import shuffle
+from dxmi_jax import parallel, shuffle
 from dxmi_jax.policies.base import bcast
 from dxmi_jax.state import DxMIState
 
@@ -69,17 +68,9 @@ class DxMIConfig:
                       CIFAR/ImageNet trainers) or "sigma" (the EV trainer: s = exp(log_sigma)
                       at its init, read at T-1-t, i.e. exp(log_sigma_init[::-1]) in sampling
                       order; see ``initial_velocity_scale``).
-  rollout_unroll / td_unroll:  how the rollout and TD ``lax.scan``s are compiled (performance
-                      only; the result is the same): 1 a loop, k > 1 k steps per loop trip,
-                      0 (or >= T) fully unrolled, which compiles longer and, since
-                      models/conv.py, no longer runs faster on a CPU (configs/default.py ``perf``;
-                      docs/speed.md).
-  policy_grad_chunks: K: each policy minibatch's gradient is accumulated over K chunks of
-                      its rows, one UNet forward/backward per chunk (lax.scan), so the
-                      backward's activations are those of B/K rows (memory only: the step
-                      is the same up to float summation order; dropout masks differ).  The
-                      chunks take every K-th row, so each device's share of a chunk is its
-                      own B/(nK) rows and nothing moves between devices.  1: one gradient.
+
+  How the iteration is compiled (scan unrolling, gradient chunking) is not here: see
+  ``Perf``.  Nor is where its arrays live: see ``parallel.ShardingRules``.
   """
 
   num_steps: int
@@ -101,27 +92,51 @@ class DxMIConfig:
   policy_train_mode: bool = False
   separate_energy: bool = False
   avr_init: str = "policy"
-  rollout_unroll: int = 1
-  td_unroll: int = 1
-  policy_grad_chunks: int = 1
 
   def __post_init__(self):
     if self.num_steps < 1:
       raise ValueError(f"num_steps (T) must be >= 1, got {self.num_steps}")
     if not 1 <= self.policy_minibatches <= self.num_steps:
       raise ValueError(f"policy_minibatches must be in [1, T={self.num_steps}], got {self.policy_minibatches}")
-    if self.policy_grad_chunks < 1:
-      raise ValueError(f"policy_grad_chunks must be >= 1, got {self.policy_grad_chunks}")
     if self.avr_init not in AVR_INITS:
       raise ValueError(f"avr_init must be one of {AVR_INITS}, got {self.avr_init!r}")
-
-  def unroll(self, k: int):
-    """``lax.scan``'s unroll argument for a T-step scan from a config value k (0: full)."""
-    return True if k <= 0 or k >= self.num_steps else int(k)
 
   @property
   def center(self) -> int:
     return self.num_steps // 2 if self.time_cost_center is None else self.time_cost_center
+
+
+@dataclasses.dataclass(frozen=True)
+class Perf:
+  """How one DxMI iteration is compiled: switches of speed and memory only (``config.perf``).
+
+  They never change what is computed beyond float summation order: the golden tests
+  compare every setting against the default.
+
+  rollout_unroll / td_unroll:  how the rollout and TD ``lax.scan``s are compiled: 1 a loop,
+                      k > 1 k steps per loop trip, 0 (or >= T) fully unrolled, which compiles
+                      longer and, since models/conv.py, no longer runs faster on a CPU
+                      (configs/default.py ``perf``; docs/speed.md).
+  policy_grad_chunks: K: each policy minibatch's gradient is accumulated over K chunks of
+                      its rows, one UNet forward/backward per chunk (lax.scan), so the
+                      backward's activations are those of B/K rows (memory only: the step
+                      is the same up to float summation order; dropout masks differ).  The
+                      chunks take every K-th row, so each device's share of a chunk is its
+                      own B/(nK) rows and nothing moves between devices.  1: one gradient.
+  """
+
+  rollout_unroll: int = 1
+  td_unroll: int = 1
+  policy_grad_chunks: int = 1
+
+  def __post_init__(self):
+    if self.policy_grad_chunks < 1:
+      raise ValueError(f"policy_grad_chunks must be >= 1, got {self.policy_grad_chunks}")
+
+  @staticmethod
+  def unroll(k: int, num_steps: int):
+    """``lax.scan``'s unroll argument for a ``num_steps``-step scan from a setting k (0: full)."""
+    return True if k <= 0 or k >= num_steps else int(k)
 
 
 @flax.struct.dataclass
@@ -168,7 +183,7 @@ def rollout(policy, policy_params, x0, noise, y=None, unroll=1) -> Trajectory:
   """Runs the T-step chain from x0 with the given per-step noise (no gradient).
 
   The network runs in evaluation mode, as the official trainers' rollouts do.
-  ``unroll``: lax.scan's (``DxMIConfig.unroll(cfg.rollout_unroll)``).
+  ``unroll``: lax.scan's (``Perf.unroll(perf.rollout_unroll, T)``).
   """
   params = jax.lax.stop_gradient(policy_params)
 
@@ -276,6 +291,7 @@ def td_value_scan(
   td_order=None,
   energy_final=None,
   next_states=None,
+  perf: Perf = Perf(),
 ):
   """T sequential TD steps, t = T-1 down to 0, each one optimiser step on B states.
 
@@ -285,6 +301,7 @@ def td_value_scan(
   ``energy_final``: (B,) the separate energy network at the t = T-1 next state (the resampled
   one under value_resample, as DxMI_Trainer_EV), or None.
   ``next_states``: (T, B, ...) replacement next states (value_resample), or None.
+  ``perf``: its ``td_unroll`` compiles the scan.
   Returns (new value state, per-step aux with a leading axis in sampling order t).
   """
   T = cfg.num_steps
@@ -338,7 +355,7 @@ def td_value_scan(
     }
     return new_state, aux
 
-  value_state, aux = jax.lax.scan(body, value_state, xs, unroll=cfg.unroll(cfg.td_unroll))
+  value_state, aux = jax.lax.scan(body, value_state, xs, unroll=Perf.unroll(perf.td_unroll, T))
   return value_state, jax.tree.map(lambda a: a[::-1], aux)  # back to sampling order
 
 
@@ -440,6 +457,7 @@ def policy_update(
   energy_params=None,
   constrain=lambda tree, axis: tree,
   guard=None,
+  perf: Perf = Perf(),
 ):
   """One optimiser step per policy minibatch (lax.scan over the M minibatches).
 
@@ -482,11 +500,11 @@ def policy_update(
         rngs={"dropout": key},
       )
 
-    if cfg.policy_grad_chunks == 1:
+    if perf.policy_grad_chunks == 1:
       (_, aux), grads = loss_and_grad((x, t, eps, yb), key)
     else:
       aux, grads = _chunked_loss_and_grad(
-        loss_and_grad, (x, t, eps, yb), key, cfg.policy_grad_chunks, constrain, state.params
+        loss_and_grad, (x, t, eps, yb), key, perf.policy_grad_chunks, constrain, state.params
       )
     grads, gnorm = clip_by_global_norm(grads, cfg.policy_grad_clip)
     finite = jnp.isfinite(aux["sampler_loss"]) & jnp.isfinite(gnorm)
@@ -587,12 +605,15 @@ def dxmi_iteration(
   cfg: DxMIConfig,
   constrain=lambda tree, axis: tree,
   guard_policy: bool = False,
+  perf: Perf = Perf(),
 ):
   """One full DxMI iteration.  Returns (new state, aux of every stage).
 
   ``batch``: {"x": (B, ...) data, optionally "y": (B,) labels and "x0": (B, ...) chain starts
   that replace the prior draw noise.x0}.
-  ``constrain(tree, batch_axis)``: sharding constraint hook (identity on one device).
+  ``constrain(tree, batch_axis)``: sharding constraint hook (identity on one device;
+  ``parallel.ShardingRules.constrain``).
+  ``perf``: how the scans and the policy gradient are compiled (the same result).
   ``guard_policy``: apply the policy steps only while the energy step, the TD steps and
   the policy minibatches so far are finite (``policy_update``'s ``guard``).
   """
@@ -612,7 +633,7 @@ def dxmi_iteration(
     constrain(x0, 0),
     constrain(noise.rollout, 1),
     y,
-    unroll=cfg.unroll(cfg.rollout_unroll),
+    unroll=Perf.unroll(perf.rollout_unroll, T),
   )
   traj = constrain(traj, 1)
   # 2. AVR
@@ -643,6 +664,7 @@ def dxmi_iteration(
     td_order=noise.td_order,
     energy_final=energy_final,
     next_states=next_states,
+    perf=perf,
   )
   # 5. policy update(s)
   policy_state, pol_aux = policy_update(
@@ -663,6 +685,7 @@ def dxmi_iteration(
       if guard_policy
       else None
     ),
+    perf=perf,
   )
   new_state = state.replace(policy=policy_state, value=value_state, energy=energy_state, velocity_scale=s_new)
   aux = {"traj": traj, "avr_m": avr_m, "energy": e_aux, "td": td_aux, "policy": pol_aux}
@@ -711,54 +734,37 @@ def iteration_metrics(state: DxMIState, aux):
 NONFINITE_QUANTITIES = ("ebm/d_loss", "td/v_loss", "sampler/sampler_loss")
 
 
-def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data_axis="data", param_shardings=None):
+def make_train_step(
+  nets: Networks,
+  cfg: DxMIConfig,
+  data_shape,
+  perf: Perf = Perf(),
+  rules: Optional[parallel.ShardingRules] = None,
+):
   """Builds ``train_step(state, batch) -> (state, metrics)``, one XLA program.
 
   Randomness is ``fold_in(state.rng, state.step)``: a function of the seed and the
-  step only, never of the device count.  With a mesh, every batch-major array is
-  constrained to be sharded along ``data_axis`` (data parallelism).  Parameters are
-  replicated, or, with ``param_shardings`` (a DxMIState of shardings, e.g. FSDP's),
-  stored sharded and gathered once per iteration for compute.  An iteration whose
+  step only, never of the device count.  Where arrays live is ``rules``'s business
+  (``parallel.ShardingRules``; default: no constraint, one device): its ``constrain``
+  shards every batch-major array (data parallelism), ``gather_params`` gives the
+  parameters their compute layout (FSDP: all-gathered once per iteration) and
+  ``stored`` puts the state back in its stored layout.  ``perf`` compiles the scans
+  and the policy gradient (``Perf``).  An iteration whose
   losses or gradient norms are not finite is skipped (the state is kept, the step
   and the skip counters advance).  The policy state is guarded in place, without a
   second copy of it: its steps stop at the first non-finite quantity, so when a later
   policy minibatch (M > 1) is the first non-finite one, the policy keeps the earlier
   minibatches' steps; everything else returns to its state before the iteration.
   """
-  if mesh is not None:
-
-    def constrain(tree, batch_axis):
-      spec = P(*([None] * batch_axis + [data_axis]))
-      return jax.tree.map(
-        lambda a: jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec)) if a.ndim > batch_axis else a, tree
-      )
-  else:
-    constrain = lambda tree, axis: tree
-
-  def gathered(state):
-    """The state with its parameters replicated for compute (FSDP: all-gathered here)."""
-    if mesh is None or param_shardings is None:
-      return state
-    repl = NamedSharding(mesh, P())
-    gather = lambda ts: (
-      None
-      if ts is None
-      else ts.replace(params=jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, repl), ts.params))
-    )
-    return state.replace(policy=gather(state.policy), value=gather(state.value), energy=gather(state.energy))
-
-  def stored_layout(state):
-    if param_shardings is None:
-      return state
-    # by leaf order: every abstract_state() call builds new optimiser objects (pytree metadata)
-    shardings = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(param_shardings))
-    return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
+  rules = parallel.ShardingRules() if rules is None else rules
 
   def train_step(state: DxMIState, batch):
     key = jax.random.fold_in(state.rng, state.step)
-    noise = draw_noise(key, data_shape, cfg, nets.policy, constrain)
-    new_state, aux = dxmi_iteration(gathered(state), batch, noise, nets, cfg, constrain, guard_policy=True)
-    new_state = stored_layout(new_state)  # back to the stored layout before the guard
+    noise = draw_noise(key, data_shape, cfg, nets.policy, rules.constrain)
+    new_state, aux = dxmi_iteration(
+      rules.gather_params(state), batch, noise, nets, cfg, rules.constrain, guard_policy=True, perf=perf
+    )
+    new_state = rules.stored(new_state)  # back to the stored layout before the guard
     metrics, finite = iteration_metrics(new_state, aux)
     ok = jnp.all(jnp.stack(list(finite.values())))
     # the policy (the big state) was guarded in place by policy_update; the rest is rolled back here
@@ -776,6 +782,6 @@ def make_train_step(nets: Networks, cfg: DxMIConfig, data_shape, mesh=None, data
     )
     metrics["nonfinite/skipped_total"] = kept.skipped
     metrics.update({f"nonfinite/{k}": (~v).astype(jnp.int32) for k, v in finite.items()})
-    return stored_layout(kept), metrics
+    return rules.stored(kept), metrics
 
   return train_step

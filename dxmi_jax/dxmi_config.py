@@ -108,9 +108,14 @@ def from_config(config) -> dxmi.DxMIConfig:
     policy_train_mode=d.policy_train_mode,
     separate_energy=d.separate_energy,
     avr_init=d.avr_init,
-    rollout_unroll=config.perf.rollout_unroll,
-    td_unroll=config.perf.td_unroll,
-    policy_grad_chunks=policy_grad_chunks(config),
+  )
+
+
+def perf_from_config(config) -> dxmi.Perf:
+  """The compilation switches of the iteration (config.perf; the result is the same)."""
+  p = config.perf
+  return dxmi.Perf(
+    rollout_unroll=p.rollout_unroll, td_unroll=p.td_unroll, policy_grad_chunks=policy_grad_chunks(config)
   )
 
 

@@ -27,7 +27,6 @@ from dxmi_jax import init as init_lib
 from dxmi_jax import dxmi, dxmi_config, evaluators, networks, optim, policies, projects, generation
 from dxmi_jax.data import toy2d
 from dxmi_jax.errors import ConfigError, check_ranges
-from dxmi_jax.models import conv
 from dxmi_jax.state import DxMIState, TrainState, create_state
 
 
@@ -132,6 +131,7 @@ class Experiment:
   dxmi: dxmi.DxMIConfig  # the train step's options (dxmi_config.from_config); config.dxmi is one of its sources
   class_cond: bool
   num_classes: int
+  perf: dxmi.Perf = dxmi.Perf()  # config.perf: how the iteration is compiled
 
   @property
   def is_vector(self) -> bool:
@@ -186,14 +186,13 @@ def build(config, mode: str = "train") -> Experiment:
 
 def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=False, num_classes=0):
   """The networks and policy of a config around already-built data."""
-  conv.set_mode(config.perf.conv)  # read when the networks are traced
   try:
-    net = networks.build_net(config.policy.net, **(policy_net_overrides or {}))
+    net = networks.build_net(config.policy.net, config.perf.conv, **(policy_net_overrides or {}))
     policy = policies.build_policy(config, net)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   value_module = networks.build_value(config)
-  energy_module = networks.build_net(config.energy) if config.dxmi.separate_energy else None
+  energy_module = networks.build_net(config.energy, config.perf.conv) if config.dxmi.separate_energy else None
   nets = dxmi.Networks(
     policy=policy,
     value_apply=dxmi.module_apply(value_module),
@@ -210,4 +209,5 @@ def assemble(config, data, data_shape, policy_net_overrides=None, class_cond=Fal
     dxmi=dxmi_config.from_config(config),
     class_cond=class_cond,
     num_classes=num_classes,
+    perf=dxmi_config.perf_from_config(config),
   )

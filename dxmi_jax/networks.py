@@ -53,14 +53,15 @@ def net_config(sub) -> tuple:
   return sub.arch, fields
 
 
-def build_net(sub, **overrides):
+def build_net(sub, conv_mode=None, **overrides):
+  """``conv_mode``: config.perf.conv (models/conv.py), carried by the network's convolutions."""
   arch, fields = net_config(sub)
   fields.update(overrides)
-  return registry.build(arch, fields)
+  return registry.build(arch, fields, conv_mode=conv_mode)
 
 
 def build_value(config):
   overrides = {}
   if config.value.arch == "mlp" and config.value.time_scale < 0:
     overrides["time_scale"] = 1.0 / config.policy.num_steps  # V(x, t) sees t / T
-  return build_net(config.value, **overrides)
+  return build_net(config.value, config.perf.conv, **overrides)

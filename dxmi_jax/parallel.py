@@ -6,11 +6,16 @@ gradient all-reduces.  Parameters and optimiser states are replicated, or, with
 ``config.training.fsdp``, split over the same axis (``state_shardings``).  The same program runs on
 1 CPU, 8 GPUs or a multi-host TPU pod; results depend on the device count only
 through floating-point reduction order.
+
+The algorithm (dxmi.py) names no mesh: it receives a ``ShardingRules`` and calls its
+constraints at the few places where the layout matters.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, Optional, Tuple
 
 import jax
 import numpy as np
@@ -169,7 +174,7 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: in
 
   With ``fsdp`` every big parameter and optimiser-state leaf is split along one axis
   over the data devices (``fsdp_spec``): each device holds 1/N of it, and the train
-  step gathers the parameters for compute (``dxmi.make_train_step``) while gradients
+  step gathers the parameters for compute (``ShardingRules.gather_params``) while gradients
   arrive reduce-scattered into the same layout.  The values are those of the
   replicated run; only where they live changes.
   """
@@ -177,6 +182,68 @@ def state_shardings(abstract_state, mesh: Mesh, fsdp: bool = False, min_size: in
   if not fsdp:
     return jax.tree.map(lambda _: replicated(mesh), abstract_state)
   return jax.tree.map(lambda a: NamedSharding(mesh, fsdp_spec(a.shape, n, min_size)), abstract_state)
+
+
+# ------------------------------------------------------------------------ rules
+#: logical axis -> mesh axis, as big_vision's ``config.sharding_rules``: the algorithm names
+#: the logical axis of an array ("batch"), these rules say which mesh axis splits it.  A
+#: logical axis that no rule names is replicated.
+DEFAULT_RULES: Tuple[Tuple[str, Optional[str]], ...] = (("batch", DATA_AXIS),)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ShardingRules:
+  """Where the train step's arrays live, as the functions the algorithm calls.
+
+  ``mesh``: the device mesh, or None (one device, or no constraint: every method is the
+  identity).  ``param_shardings``: a tree like the train state of the shardings it is
+  stored with (``state_shardings``, e.g. FSDP's), or None (replicated, nothing to gather).
+  ``rules``: logical axis -> mesh axis (``DEFAULT_RULES``).
+
+  * ``constrain(tree, batch_axis)``: every array of ``tree`` with more than ``batch_axis``
+    dimensions is split along its axis ``batch_axis`` (the logical "batch") over the data
+    devices; the rest of its axes are replicated.
+  * ``gather_params(state)``: the parameters of a DxMIState replicated for compute (under
+    FSDP: all-gathered, once per iteration); identity without ``param_shardings``.
+  * ``stored(state)``: the state constrained back to ``param_shardings`` (gradients arrive
+    reduce-scattered into it); identity without them.
+  """
+
+  mesh: Optional[Mesh] = None
+  param_shardings: Any = None
+  rules: Tuple[Tuple[str, Optional[str]], ...] = DEFAULT_RULES
+
+  def spec(self, *logical_axes: Optional[str]) -> P:
+    """The PartitionSpec of an array whose axes have these logical names (None: unnamed)."""
+    table = dict(self.rules)
+    return P(*(None if name is None else table.get(name) for name in logical_axes))
+
+  def sharding(self, *logical_axes: Optional[str]) -> NamedSharding:
+    return NamedSharding(self.mesh, self.spec(*logical_axes))
+
+  def constrain(self, tree, batch_axis: int):
+    if self.mesh is None:
+      return tree
+    sharding = self.sharding(*([None] * batch_axis + ["batch"]))
+    return jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, sharding) if a.ndim > batch_axis else a, tree)
+
+  def gather_params(self, state):
+    if self.mesh is None or self.param_shardings is None:
+      return state
+    repl = self.sharding()
+    gather = lambda ts: (
+      None
+      if ts is None
+      else ts.replace(params=jax.tree.map(lambda a: jax.lax.with_sharding_constraint(a, repl), ts.params))
+    )
+    return state.replace(policy=gather(state.policy), value=gather(state.value), energy=gather(state.energy))
+
+  def stored(self, state):
+    if self.param_shardings is None:
+      return state
+    # by leaf order: every abstract_state() call builds new optimiser objects (pytree metadata)
+    shardings = jax.tree.unflatten(jax.tree.structure(state), jax.tree.leaves(self.param_shardings))
+    return jax.tree.map(jax.lax.with_sharding_constraint, state, shardings)
 
 
 def peak_memory_bytes():

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Optional
 
 import jax
 from absl import logging
@@ -95,23 +94,21 @@ class Watcher:
       self._interruptible = False
 
 
-_current: Optional[Watcher] = None
-
-
 def current() -> Watcher:
-  """The installed watcher, or an inert one (a loop called outside ``watch()``, e.g. from a test)."""
-  return _current if _current is not None else Watcher()
+  """The watcher ``watch()`` installed, read from the SIGTERM handler it holds (no module state),
+  or an inert one (a loop called outside ``watch()``, e.g. from a test).  With several processes
+  no handler is installed, and a fresh watcher behaves as the installed one: both wait for JAX's
+  preemption sync point."""
+  owner = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
+  return owner if isinstance(owner, Watcher) else Watcher()
 
 
 @contextlib.contextmanager
 def watch():
   """Installs the SIGTERM watcher for the duration of a run."""
-  global _current  # pylint: disable=global-statement
   watcher = Watcher()
   watcher.install()
-  previous, _current = _current, watcher
   try:
     yield watcher
   finally:
-    _current = previous
     watcher.uninstall()

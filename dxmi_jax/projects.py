@@ -55,8 +55,9 @@ _TRAINERS: Dict[str, Callable] = {}
 
 
 def register_trainer(name: str, make_train_step: Callable) -> None:
-  """``make_train_step(exp, mesh, param_shardings) -> train_step(state, batch)``, selected by
-  ``config.trainer`` (a DxMIState in and out, like ``dxmi.make_train_step``'s)."""
+  """``make_train_step(exp, rules) -> train_step(state, batch)``, selected by ``config.trainer``
+  (a DxMIState in and out, like ``dxmi.make_train_step``'s; ``rules``: a
+  ``parallel.ShardingRules`` or None)."""
   _TRAINERS[name] = make_train_step
 
 
@@ -66,12 +67,13 @@ def validate_trainer(config) -> None:
     raise ConfigError(f"config.trainer: unknown trainer {name!r}; expected 'dxmi' or one of {sorted(_TRAINERS)}")
 
 
-def make_train_step(exp, mesh=None, param_shardings=None):
-  """The train step of ``config.trainer``: "dxmi" (the default) or one a project registered."""
+def make_train_step(exp, rules=None):
+  """The train step of ``config.trainer``: "dxmi" (the default) or one a project registered.
+  ``rules``: where its arrays live (``parallel.ShardingRules``; None: one device)."""
   name = exp.config.get("trainer", "dxmi")
   if name == "dxmi":
     from dxmi_jax import dxmi  # pylint: disable=import-outside-toplevel
 
-    return dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, mesh=mesh, param_shardings=param_shardings)
+    return dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, perf=exp.perf, rules=rules)
   validate_trainer(exp.config)
-  return _TRAINERS[name](exp, mesh, param_shardings)
+  return _TRAINERS[name](exp, rules)

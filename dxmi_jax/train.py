@@ -125,7 +125,8 @@ def state_shardings(exp, mesh, abstract=None):
 def compile_train_step(exp, mesh):
   """The jitted train step.  The state keeps the shardings it comes with (``state_shardings``,
   as placed by ``initial_state`` / restored); the step returns it in the same layout."""
-  step = projects.make_train_step(exp, mesh, state_shardings(exp, mesh))  # config.trainer (default dxmi)
+  rules = parallel.ShardingRules(mesh, param_shardings=state_shardings(exp, mesh))
+  step = projects.make_train_step(exp, rules)  # config.trainer (default dxmi)
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   return jax.jit(
     step,

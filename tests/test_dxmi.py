@@ -61,7 +61,7 @@ class TestIteration(chex.TestCase):
 
 def test_train_step_traces_once(exp):
   mesh = parallel.make_mesh()
-  raw = dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, mesh=mesh)
+  raw = dxmi.make_train_step(exp.nets, exp.dxmi, exp.data_shape, exp.perf, parallel.ShardingRules(mesh))
   counted = chex.assert_max_traces(raw, n=1)
   # jitted exactly as train.compile_train_step does it (explicit in/out shardings)
   repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)

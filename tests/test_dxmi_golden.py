@@ -6,8 +6,6 @@ functions production uses (``rollout``, ``avr_update``, ``energy_step``,
 quantity is compared at rtol 1e-5 / atol 1e-6.
 """
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -159,9 +157,16 @@ def test_policy_update(problem, chunks):
   p, g = problem, problem.g
   traj, s_new, value_state, _ = _through_td(p)
   assert p.B % chunks == 0 and not p.cfg.policy_train_mode  # no dropout: chunking changes no mask
-  cfg = dataclasses.replace(p.cfg, policy_grad_chunks=chunks)
   policy_state, aux = dxmi.policy_update(
-    p.state.policy, p.policy, p.value_apply, value_state.params, traj, s_new, p.noise, cfg
+    p.state.policy,
+    p.policy,
+    p.value_apply,
+    value_state.params,
+    traj,
+    s_new,
+    p.noise,
+    p.cfg,
+    perf=dxmi.Perf(policy_grad_chunks=chunks),
   )
   for m in range(p.cfg.policy_minibatches):
     pre = f"sampler_update/{m}"

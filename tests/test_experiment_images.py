@@ -227,7 +227,7 @@ def test_lowmem_step_matches_the_plain_step():
       c.training.fsdp_min_size = 1024
     c.dxmi.policy_train_mode = False  # chunked rows draw other dropout masks
     exp = experiment.build(c)
-    assert exp.dxmi.policy_grad_chunks == (2 if mode == "lowmem" else 1)
+    assert exp.perf.policy_grad_chunks == (2 if mode == "lowmem" else 1)
     mesh = parallel.make_mesh()
     state = train.initial_state(exp, mesh)
     batch = parallel.global_batch_from_local(exp.data.local_batch(0), mesh)

@@ -93,6 +93,7 @@ class ResBlock(nn.Module):
   up: bool = False
   down: bool = False
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x, emb, deterministic: bool = True):
@@ -101,7 +102,7 @@ class ResBlock(nn.Module):
     if self.up or self.down:  # resample h and x between the norm and the conv
       resample = upsample_nearest2x if self.up else avg_pool2x2
       h, x = resample(h), resample(x)
-    h = Conv2d(c, 3, padding=1, dtype=dt, name="in_layers_2")(h)
+    h = Conv2d(c, 3, padding=1, dtype=dt, conv_mode=self.conv_mode, name="in_layers_2")(h)
     emb_out = Dense(2 * c if self.use_scale_shift_norm else c, name="emb_layers_1")(nn.silu(emb)).astype(h.dtype)[
       :, None, None, :
     ]
@@ -113,9 +114,9 @@ class ResBlock(nn.Module):
     h = nn.silu(h)
     if self.dropout > 0:
       h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = Conv2d(c, 3, padding=1, zero_init=True, dtype=dt, name="out_layers_3")(h)
+    h = Conv2d(c, 3, padding=1, zero_init=True, dtype=dt, conv_mode=self.conv_mode, name="out_layers_3")(h)
     if x.shape[-1] != c:
-      x = Conv2d(c, 1, dtype=dt, name="skip_connection")(x)
+      x = Conv2d(c, 1, dtype=dt, conv_mode=self.conv_mode, name="skip_connection")(x)
     return x + h
 
 
@@ -129,6 +130,7 @@ class AttentionBlock(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   query_chunk: int = 0  # models/attention.py: query rows per chunk (memory); 0 = all at once
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -137,7 +139,9 @@ class AttentionBlock(nn.Module):
     if c % nh:
       raise ValueError(f"attention: {c} channels are not divisible by {nh} heads")
     d = c // nh
-    qkv = Conv2d(3 * c, 1, dtype=self.dtype, name="qkv")(GroupNorm(32, _GN_EPS, name="norm")(x))
+    qkv = Conv2d(3 * c, 1, dtype=self.dtype, conv_mode=self.conv_mode, name="qkv")(
+      GroupNorm(32, _GN_EPS, name="norm")(x)
+    )
     q, k, v = jnp.moveaxis(qkv.reshape(b, hh * ww, 3, nh, d), 2, 0)  # each (B, S, heads, d)
     scale = 1.0 / math.sqrt(math.sqrt(d))
     k = k * scale
@@ -148,29 +152,31 @@ class AttentionBlock(nn.Module):
       return jnp.einsum("bhts,bshd->bthd", w, v)
 
     a = attention.over_query_chunks(attend, q, self.query_chunk).reshape(b, hh, ww, c)
-    return x + Conv2d(c, 1, zero_init=True, dtype=self.dtype, name="proj_out")(a)
+    return x + Conv2d(c, 1, zero_init=True, dtype=self.dtype, conv_mode=self.conv_mode, name="proj_out")(a)
 
 
 class Downsample(nn.Module):
   use_conv: bool = True
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     if not self.use_conv:
       return avg_pool2x2(x)
-    return Conv2d(x.shape[-1], 3, stride=2, padding=1, dtype=self.dtype, name="op")(x)
+    return Conv2d(x.shape[-1], 3, stride=2, padding=1, dtype=self.dtype, conv_mode=self.conv_mode, name="op")(x)
 
 
 class Upsample(nn.Module):
   use_conv: bool = True
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     x = upsample_nearest2x(x)
     if self.use_conv:
-      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv")(x)
+      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, conv_mode=self.conv_mode, name="conv")(x)
     return x
 
 
@@ -208,6 +214,7 @@ class ADMUNet(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
   attention_chunk: int = 0  # attention over this many query rows at a time (models/attention.py); 0 = off
+  conv_mode: str = "auto"  # models/conv.py MODES: the convolution formulation (config.perf.conv)
 
   def _heads(self, ch: int, upsample: bool) -> int:
     if self.num_head_channels != -1:
@@ -237,13 +244,17 @@ class ADMUNet(nn.Module):
     attn_cls = remat_block(AttentionBlock, self.remat)
 
     def res(h, out, name, **kw):
-      return res_cls(out, self.dropout, self.use_scale_shift_norm, dtype=dt, name=name, **kw)(h, emb, deterministic)
+      return res_cls(out, self.dropout, self.use_scale_shift_norm, dtype=dt, conv_mode=self.conv_mode, name=name, **kw)(
+        h, emb, deterministic
+      )
 
     def attn(h, name, upsample=False):
-      return attn_cls(self._heads(h.shape[-1], upsample), dt, self.attention_chunk, name=name)(h)
+      return attn_cls(
+        self._heads(h.shape[-1], upsample), dt, self.attention_chunk, conv_mode=self.conv_mode, name=name
+      )(h)
 
     ch = int(self.channel_mult[0] * mc)
-    hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="input_blocks_0_0")(x.astype(dt))]
+    hs = [Conv2d(ch, 3, padding=1, dtype=dt, conv_mode=self.conv_mode, name="input_blocks_0_0")(x.astype(dt))]
     ds, i = 1, 1
     for level, mult in enumerate(self.channel_mult):
       for _ in range(self.num_res_blocks):
@@ -257,7 +268,7 @@ class ADMUNet(nn.Module):
         if self.resblock_updown:
           hs.append(res(hs[-1], hs[-1].shape[-1], name, down=True))
         else:
-          hs.append(Downsample(self.conv_resample, dt, name=name)(hs[-1]))
+          hs.append(Downsample(self.conv_resample, dt, conv_mode=self.conv_mode, name=name)(hs[-1]))
         ds, i = ds * 2, i + 1
 
     h = res(hs[-1], hs[-1].shape[-1], "middle_block_0")
@@ -277,13 +288,13 @@ class ADMUNet(nn.Module):
           if self.resblock_updown:
             h = res(h, h.shape[-1], name, up=True)
           else:
-            h = Upsample(self.conv_resample, dt, name=name)(h)
+            h = Upsample(self.conv_resample, dt, conv_mode=self.conv_mode, name=name)(h)
           ds //= 2
         i += 1
     assert not hs
 
     h = nn.silu(GroupNorm(32, _GN_EPS, name="out_0")(h.astype(jnp.float32)))
-    return Conv2d(self.out_channels, 3, padding=1, zero_init=True, name="out_2")(h)
+    return Conv2d(self.out_channels, 3, padding=1, zero_init=True, conv_mode=self.conv_mode, name="out_2")(h)
 
 
 def adm_imagenet64() -> ml_collections.ConfigDict:

@@ -28,7 +28,9 @@ product itself (the same sum in another order: float32 rounding differences only
 Modes: ``"xla"`` (plain ``lax.conv_general_dilated`` and its autodiff; the right choice
 on GPU/TPU, where cuDNN-style kernels handle every form), ``"loop_safe"``, and ``"auto"``
 (the default): ``loop_safe`` when the default backend is the CPU, else ``xla``.  The
-mode is read when a function is traced (``set_mode``; ``config.perf.conv``).
+mode is an argument of ``conv2d``, carried by the networks: every convolution layer and
+network has a ``conv_mode`` field (``layers.Conv2d``, ``ddgan.Conv``, the UNets, IGEBM),
+which the experiment sets from ``config.perf.conv``.
 """
 
 from __future__ import annotations
@@ -39,26 +41,20 @@ import jax
 import jax.numpy as jnp
 
 MODES = ("auto", "xla", "loop_safe")
-_mode = "auto"
 
 
-def set_mode(mode: str) -> None:
-  """Selects the convolution formulation for functions traced from now on."""
-  global _mode
+def resolved_mode(mode: str = "auto") -> str:
+  """The formulation ``mode`` stands for on the default backend ("auto": by backend)."""
   if mode not in MODES:
     raise ValueError(f"conv mode must be one of {MODES}, got {mode!r}")
-  _mode = mode
-
-
-def resolved_mode() -> str:
-  if _mode != "auto":
-    return _mode
+  if mode != "auto":
+    return mode
   return "loop_safe" if jax.default_backend() == "cpu" else "xla"
 
 
-def conv2d(x, kernel, stride: int, padding: int):
+def conv2d(x, kernel, stride: int, padding: int, mode: str = "auto"):
   """torch.nn.Conv2d's convolution (no bias) on NHWC x, HWIO kernel, symmetric int padding."""
-  if resolved_mode() == "xla":
+  if resolved_mode(mode) == "xla":
     return _xla_conv(x, kernel, stride, padding)
   return _loop_safe_conv(x, kernel, stride, padding)
 

@@ -140,6 +140,7 @@ class Conv(nn.Module):
   fir_down: bool = False
   fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -154,7 +155,7 @@ class Conv(nn.Module):
       stride, padding = 2, 0
     else:
       stride, padding = self.stride, k // 2 if self.padding is None else self.padding
-    y = conv.conv2d(x, kernel.astype(self.dtype), stride, padding)
+    y = conv.conv2d(x, kernel.astype(self.dtype), stride, padding, self.conv_mode)
     return y + bias.astype(self.dtype)
 
 
@@ -198,13 +199,22 @@ class PyramidDownsample(nn.Module):
   fir: bool = True
   fir_kernel: Tuple[int, ...] = (1, 3, 3, 1)
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     if self.fir:
-      return Conv(self.features, 3, fir_down=True, fir_kernel=self.fir_kernel, dtype=self.dtype, name="Conv2d_0")(x)
+      return Conv(
+        self.features,
+        3,
+        fir_down=True,
+        fir_kernel=self.fir_kernel,
+        dtype=self.dtype,
+        conv_mode=self.conv_mode,
+        name="Conv2d_0",
+      )(x)
     x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    return Conv(self.features, 3, stride=2, padding=0, dtype=self.dtype, name="Conv_0")(x)
+    return Conv(self.features, 3, stride=2, padding=0, dtype=self.dtype, conv_mode=self.conv_mode, name="Conv_0")(x)
 
 
 def _groups(channels: int) -> int:
@@ -244,6 +254,7 @@ class ResnetBlockBigGAN(nn.Module):
   dropout: float = 0.0
   skip_rescale: bool = True
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, zemb, deterministic: bool = True):
@@ -258,13 +269,13 @@ class ResnetBlockBigGAN(nn.Module):
       else:
         resample = naive_upsample_2d if self.up else naive_downsample_2d
       h, x = resample(h), resample(x)
-    h = Conv(out_ch, 3, dtype=self.dtype, name="Conv_0")(h)
+    h = Conv(out_ch, 3, dtype=self.dtype, conv_mode=self.conv_mode, name="Conv_0")(h)
     h = h + Linear(out_ch, kernel_init=_ddpm_init(), dtype=self.dtype, name="Dense_0")(swish(temb))[:, None, None, :]
     h = swish(AdaptiveGroupNorm(self.dtype, name="GroupNorm_1")(h, zemb))
     h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = Conv(out_ch, 3, init_scale=0.0, dtype=self.dtype, name="Conv_1")(h)
+    h = Conv(out_ch, 3, init_scale=0.0, dtype=self.dtype, conv_mode=self.conv_mode, name="Conv_1")(h)
     if in_ch != out_ch or self.up or self.down:
-      x = Conv(out_ch, 1, dtype=self.dtype, name="Conv_2")(x)
+      x = Conv(out_ch, 1, dtype=self.dtype, conv_mode=self.conv_mode, name="Conv_2")(x)
     return (x + h) / np.sqrt(2.0) if self.skip_rescale else x + h
 
 
@@ -327,6 +338,7 @@ class DDGANGenerator(nn.Module):
   z_emb_dim: int = 256
   n_mlp: int = 4
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"  # models/conv.py MODES: the convolution formulation (config.perf.conv)
 
   def _check(self):
     bad = []
@@ -363,6 +375,7 @@ class DDGANGenerator(nn.Module):
       dropout=self.dropout,
       skip_rescale=self.skip_rescale,
       dtype=dtype,
+      conv_mode=self.conv_mode,
       name=name(),
       **kw,
     )
@@ -381,7 +394,7 @@ class DDGANGenerator(nn.Module):
     if not self.centered:
       x = 2 * x - 1.0
     pyramid = x if self.progressive_input.lower() == "residual" else None
-    hs = [Conv(nf, 3, dtype=dtype, name=name())(x)]
+    hs = [Conv(nf, 3, dtype=dtype, conv_mode=self.conv_mode, name=name())(x)]
     levels = len(self.ch_mult)
     for lvl in range(levels):
       for _ in range(self.num_res_blocks):
@@ -392,7 +405,9 @@ class DDGANGenerator(nn.Module):
       if lvl != levels - 1:
         h = res_block(down=True)(hs[-1], temb, w, deterministic)
         if pyramid is not None:
-          pyramid = PyramidDownsample(h.shape[-1], self.fir, tuple(self.fir_kernel), dtype, name=name())(pyramid)
+          pyramid = PyramidDownsample(
+            h.shape[-1], self.fir, tuple(self.fir_kernel), dtype, conv_mode=self.conv_mode, name=name()
+          )(pyramid)
           pyramid = (pyramid + h) / np.sqrt(2.0) if self.skip_rescale else pyramid + h
           h = pyramid
         hs.append(h)
@@ -412,7 +427,7 @@ class DDGANGenerator(nn.Module):
     assert not hs
 
     h = swish(GroupNorm(_groups(h.shape[-1]), 1e-6, name=name())(h))
-    h = Conv(self.num_channels, 3, init_scale=0.0, dtype=dtype, name=name())(h)
+    h = Conv(self.num_channels, 3, init_scale=0.0, dtype=dtype, conv_mode=self.conv_mode, name=name())(h)
     h = h.astype(jnp.float32)
     return h if self.not_use_tanh else jnp.tanh(h)
 

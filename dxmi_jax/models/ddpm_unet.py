@@ -83,18 +83,21 @@ class ResnetBlock(nn.Module):
   dtype: Dtype = jnp.float32
   norm_groups: int = 32
   norm_eps: float = _GN_EPS
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, deterministic: bool = True):
     g, eps = self.norm_groups, self.norm_eps
-    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, name="conv1")(swish(GroupNorm(g, eps, name="norm1")(x)))
+    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, conv_mode=self.conv_mode, name="conv1")(
+      swish(GroupNorm(g, eps, name="norm1")(x))
+    )
     h = h + Dense(self.out_ch, dtype=self.dtype, name="temb_proj")(swish(temb))[:, None, None, :]
     h = swish(GroupNorm(g, eps, name="norm2")(h))
     if self.dropout > 0:
       h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
-    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, name="conv2")(h)
+    h = Conv2d(self.out_ch, 3, padding=1, dtype=self.dtype, conv_mode=self.conv_mode, name="conv2")(h)
     if x.shape[-1] != self.out_ch:
-      x = Conv2d(self.out_ch, 1, dtype=self.dtype, name="nin_shortcut")(x)
+      x = Conv2d(self.out_ch, 1, dtype=self.dtype, conv_mode=self.conv_mode, name="nin_shortcut")(x)
     return x + h
 
 
@@ -110,6 +113,7 @@ class AttnBlock(nn.Module):
   norm_groups: int = 32
   norm_eps: float = _GN_EPS
   head_channels: int = 0
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -119,7 +123,9 @@ class AttnBlock(nn.Module):
       raise ValueError(f"DDPMUNet: attn_head_channels={d} does not divide the {c} channels of an attention layer")
     nh = c // d
     h = GroupNorm(self.norm_groups, self.norm_eps, name="norm")(x)
-    q, k, v = (Conv2d(c, 1, dtype=self.dtype, name=n)(h).reshape(b, hh * ww, c) for n in "qkv")
+    q, k, v = (
+      Conv2d(c, 1, dtype=self.dtype, conv_mode=self.conv_mode, name=n)(h).reshape(b, hh * ww, c) for n in "qkv"
+    )
 
     def attend(q):  # (B, s, C) queries -> (B, s, C)
       if nh == 1:  # the official single head, as it always was computed
@@ -132,13 +138,14 @@ class AttnBlock(nn.Module):
       return jnp.einsum("bnij,bjnc->binc", w, vh).reshape(q.shape)
 
     a = attention.over_query_chunks(attend, q, self.query_chunk).reshape(b, hh, ww, c)
-    return x + Conv2d(c, 1, dtype=self.dtype, name="proj_out")(a)
+    return x + Conv2d(c, 1, dtype=self.dtype, conv_mode=self.conv_mode, name="proj_out")(a)
 
 
 class Downsample(nn.Module):
   with_conv: bool = True
   dtype: Dtype = jnp.float32
   padding: int = 0  # 0: zero-pad right/bottom by one (official); 1: torch's symmetric padding=1
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -146,18 +153,21 @@ class Downsample(nn.Module):
       return avg_pool2x2(x)
     if self.padding == 0:
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))  # asymmetric: right and bottom only
-    return Conv2d(x.shape[-1], 3, stride=2, padding=self.padding, dtype=self.dtype, name="conv")(x)
+    return Conv2d(
+      x.shape[-1], 3, stride=2, padding=self.padding, dtype=self.dtype, conv_mode=self.conv_mode, name="conv"
+    )(x)
 
 
 class Upsample(nn.Module):
   with_conv: bool = True
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     x = upsample_nearest2x(x)
     if self.with_conv:
-      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv")(x)
+      x = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, conv_mode=self.conv_mode, name="conv")(x)
     return x
 
 
@@ -193,6 +203,7 @@ class DDPMUNet(nn.Module):
   attn_head_channels: int = 0  # channels per attention head; 0: one head
   flip_sin_to_cos: bool = False  # time embedding [cos, sin] instead of [sin, cos]
   freq_shift: float = 1.0  # time embedding frequencies 10000^(-k / (half - freq_shift))
+  conv_mode: str = "auto"  # models/conv.py MODES: the convolution formulation (config.perf.conv)
 
   def widths(self) -> Tuple[int, ...]:
     """The channels of each level."""
@@ -230,12 +241,14 @@ class DDPMUNet(nn.Module):
     attn_cls = remat_block(AttnBlock, self.remat)
 
     def res(h, out, name):
-      return res_cls(out, self.dropout, dt, groups, eps, name=name)(h, temb, deterministic)
+      return res_cls(out, self.dropout, dt, groups, eps, conv_mode=self.conv_mode, name=name)(h, temb, deterministic)
 
     def attn(h, name):
-      return attn_cls(dt, self.attention_chunk, groups, eps, self.attn_head_channels, name=name)(h)
+      return attn_cls(
+        dt, self.attention_chunk, groups, eps, self.attn_head_channels, conv_mode=self.conv_mode, name=name
+      )(h)
 
-    hs = [Conv2d(ch, 3, padding=1, dtype=dt, name="conv_in")(x)]
+    hs = [Conv2d(ch, 3, padding=1, dtype=dt, conv_mode=self.conv_mode, name="conv_in")(x)]
     res_now = self.resolution
     for lev in range(nlev):
       for j in range(self.num_res_blocks):
@@ -244,7 +257,9 @@ class DDPMUNet(nn.Module):
           h = attn(h, f"down_{lev}_attn_{j}")
         hs.append(h)
       if lev != nlev - 1:
-        down = Downsample(self.resamp_with_conv, dt, self.downsample_padding, name=f"down_{lev}_downsample")
+        down = Downsample(
+          self.resamp_with_conv, dt, self.downsample_padding, conv_mode=self.conv_mode, name=f"down_{lev}_downsample"
+        )
         hs.append(down(hs[-1]))
         res_now //= 2
 
@@ -258,12 +273,12 @@ class DDPMUNet(nn.Module):
         if res_now in self.attn_resolutions:
           h = attn(h, f"up_{lev}_attn_{j}")
       if lev != 0:
-        h = Upsample(self.resamp_with_conv, dt, name=f"up_{lev}_upsample")(h)
+        h = Upsample(self.resamp_with_conv, dt, conv_mode=self.conv_mode, name=f"up_{lev}_upsample")(h)
         res_now *= 2
     assert not hs
 
     h = swish(GroupNorm(groups, eps, name="norm_out")(h.astype(jnp.float32)))
-    return Conv2d(self.out_ch, 3, padding=1, name="conv_out")(h)
+    return Conv2d(self.out_ch, 3, padding=1, conv_mode=self.conv_mode, name="conv_out")(h)
 
 
 def ddpm_cifar10() -> ml_collections.ConfigDict:

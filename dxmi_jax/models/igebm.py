@@ -53,21 +53,22 @@ class ResBlockV2(nn.Module):
   out_ch: int
   downsample: bool = False
   n_class: Optional[int] = None
+  conv_mode: str = "auto"
 
   @nn.compact
   def __call__(self, x, y=None):
     cond = self.n_class is not None
-    h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, name="conv1")(x)
+    h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, conv_mode=self.conv_mode, name="conv1")(x)
     if cond:
       w1, w2, b1, b2 = jnp.split(
         Embed(self.n_class, 4 * self.out_ch, _film_init, name="class_embed")(y)[:, None, None, :], 4, axis=-1
       )
       h = w1 * h + b1
-    h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, name="conv2")(_lrelu(h))
+    h = Conv2d(self.out_ch, 3, padding=1, use_bias=not cond, conv_mode=self.conv_mode, name="conv2")(_lrelu(h))
     if cond:
       h = w2 * h + b2
     if x.shape[-1] != self.out_ch or self.downsample:
-      x = Conv2d(self.out_ch, 1, use_bias=False, name="skip_0")(x)
+      x = Conv2d(self.out_ch, 1, use_bias=False, conv_mode=self.conv_mode, name="skip_0")(x)
     h = h + x
     if self.downsample:
       h = avg_pool2x2(h)
@@ -84,6 +85,7 @@ class IGEBMValue(nn.Module):
   learn_out_scale: bool = True
   out_activation: str = "linear"
   remat: str = "none"  # layers.REMAT_POLICIES: "blocks" recomputes each block in the backward pass
+  conv_mode: str = "auto"  # models/conv.py MODES: the convolution formulation (config.perf.conv)
 
   @nn.compact
   def __call__(self, x, t=None, y=None, deterministic: bool = True):
@@ -96,11 +98,11 @@ class IGEBMValue(nn.Module):
       raise ValueError(f"out_activation must be one of {sorted(_ACTIVATIONS)}, got {self.out_activation!r}")
     nh = self.nh
     block_cls = remat_block(ResBlockV2, self.remat)
-    h = _lrelu(Conv2d(nh, 3, padding=1, name="conv1")(x))
+    h = _lrelu(Conv2d(nh, 3, padding=1, conv_mode=self.conv_mode, name="conv1")(x))
     for i, (ch, down) in enumerate(
       [(nh, True), (nh, False), (2 * nh, True), (2 * nh, False), (2 * nh, True), (2 * nh, False)]
     ):
-      h = block_cls(ch, down, self.n_class, name=f"blocks_{i}")(h, y)
+      h = block_cls(ch, down, self.n_class, conv_mode=self.conv_mode, name=f"blocks_{i}")(h, y)
     h = jax.nn.relu(h).sum(axis=(1, 2))  # keepdim=False: sum, not mean
     out = Dense(self.out_chan, name="linear")(h)
     if self.learn_out_scale:

@@ -82,6 +82,7 @@ class Conv2d(nn.Module):
   use_bias: bool = True
   zero_init: bool = False
   dtype: Dtype = jnp.float32
+  conv_mode: str = "auto"  # models/conv.py MODES
 
   @nn.compact
   def __call__(self, x):
@@ -92,7 +93,7 @@ class Conv2d(nn.Module):
       "kernel", zeros if self.zero_init else torch_kernel_init, (k, k, cin, self.features), jnp.float32
     )
     # models/conv.py: the same convolution, with a gradient XLA:CPU runs fast inside scans
-    y = conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
+    y = conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding, self.conv_mode)
     if self.use_bias:
       bias = self.param("bias", zeros if self.zero_init else torch_bias_init(fan_in), (self.features,), jnp.float32)
       y = y + bias.astype(self.dtype)

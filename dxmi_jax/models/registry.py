@@ -106,14 +106,21 @@ def resolve_config(arch: str, cfg=None, **overrides) -> ml_collections.ConfigDic
   return out
 
 
-def build(arch: str, cfg=None, **overrides) -> nn.Module:
-  """The flax module of ``arch`` for ``cfg`` (missing keys take the defaults)."""
+def build(arch: str, cfg=None, *, conv_mode: Optional[str] = None, **overrides) -> nn.Module:
+  """The flax module of ``arch`` for ``cfg`` (missing keys take the defaults).
+
+  ``conv_mode``: the convolution formulation (models/conv.py ``MODES``) of a network with
+  convolutions (a ``conv_mode`` field); a compilation setting, not part of the architecture
+  config, so it is given here rather than in ``cfg``.  None: the network's default ("auto").
+  """
   entry = _entry(arch)
   cfg = resolve_config(arch, cfg, **overrides)
   kwargs = dict(cfg)
   fields = {f.name for f in dataclasses.fields(entry.module)}
   if "dtype" in kwargs and "dtype" in fields:
     kwargs["dtype"] = canonical_dtype(kwargs["dtype"])
+  if conv_mode is not None and "conv_mode" in fields:
+    kwargs["conv_mode"] = conv_mode
   return entry.module(**kwargs)
 
 

@@ -61,10 +61,10 @@ def negatives_fn(exp):
   return lambda params, x0, key: langevin(exp.nets.energy_apply, params, x0, key, **kw)
 
 
-def make_train_step(exp, mesh=None, param_shardings=None):
+def make_train_step(exp, rules=None):
   """``train_step(state, batch) -> (state, metrics)`` on a DxMIState: Langevin negatives, then
   one energy step; the iteration is skipped (state kept) when anything is non-finite."""
-  del mesh, param_shardings  # one replicated energy: nothing to shard on the CPU benchmarks
+  del rules  # one replicated energy: nothing to shard on the CPU benchmarks
   negatives = negatives_fn(exp)
   energy_apply, policy, cfg = exp.nets.energy_apply, exp.policy, exp.dxmi
 
