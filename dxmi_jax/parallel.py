@@ -101,14 +101,6 @@ def batch_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, P(*([None] * batch_axis + [DATA_AXIS])))
 
 
-def check_batch_divisible(global_batch: int, what: str = "config.training.batch_size"):
-  n = jax.device_count()
-  if global_batch % n:
-    raise ValueError(f"{what}={global_batch} is not divisible by the number of devices ({n}); use a multiple of {n}")
-  if global_batch % jax.process_count():
-    raise ValueError(f"{what}={global_batch} is not divisible by the number of processes ({jax.process_count()})")
-
-
 def process_slice(global_batch: int):
   """The [start, stop) rows of the global batch this process feeds."""
   per = global_batch // jax.process_count()
