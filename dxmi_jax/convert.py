@@ -452,6 +452,15 @@ def _parse_override(item: str) -> Tuple[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = _parser().parse_args(argv)
+  overrides = dict(args.override)
+  if args.to_diffusers or args.diffusers:
+    return _main_diffusers(args, overrides)
+  return _main_torch(args, overrides)
+
+
+def _parser() -> argparse.ArgumentParser:
+  """The command line of ``main``."""
   parser = argparse.ArgumentParser(
     prog="python -m dxmi_jax.convert",
     description="Convert an official DxMI/DDPM/EDM PyTorch checkpoint into an Orbax "
@@ -494,10 +503,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     help="config override, e.g. ch_mult=(1,2,2); repeatable",
   )
   parser.add_argument("--force", action="store_true", help="replace an existing --out")
-  args = parser.parse_args(argv)
-  overrides = dict(args.override)
-  if args.to_diffusers or args.diffusers:
-    return _main_diffusers(args, overrides)
+  return parser
+
+
+def _main_torch(args, overrides) -> int:
+  """The --in form of ``main``: an official PyTorch checkpoint (architecture from --arch or --yaml)."""
   if args.workdir or args.best:
     print("error: --workdir/--best: only with --to_diffusers", file=sys.stderr)
     return 2

@@ -192,73 +192,15 @@ def _int(source, field, v, lo=0) -> int:
 
 def fields_from_unet_config(cfg: Mapping[str, Any], source: str = "config.json") -> Dict[str, Any]:
   """``DDPMUNet`` fields of a ``UNet2DModel`` config; ``CheckpointError`` naming a field we cannot represent."""
-  cls = cfg.get("_class_name", "UNet2DModel")
-  if cls != "UNet2DModel":
-    raise _bad(source, "_class_name", cls, "'UNet2DModel'")
-  unknown = sorted(k for k in cfg if not k.startswith("_") and k not in UNET_DEFAULTS)
-  if unknown:
-    raise _bad(source, unknown[0], cfg[unknown[0]], f"only the UNet2DModel fields {sorted(UNET_DEFAULTS)}")
-  c = dict(UNET_DEFAULTS, **{k: v for k, v in cfg.items() if not k.startswith("_")})
-  for key, allowed in _FIXED.items():
-    if c[key] not in allowed:
-      raise _bad(source, key, c[key], " or ".join(repr(a) for a in allowed))
-  widths = c["block_out_channels"]
-  if not isinstance(widths, (list, tuple)) or not widths:
-    raise _bad(source, "block_out_channels", widths, "a non-empty list of integers")
-  widths = tuple(_int(source, "block_out_channels", w, 1) for w in widths)
-  n = len(widths)
-  down, up = list(c["down_block_types"]), list(c["up_block_types"])
-  for key, types, known in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
-    if len(types) != n:
-      raise _bad(source, key, types, f"{n} block types, one per block_out_channels entry")
-    for bt in types:
-      if bt not in known:
-        raise _bad(source, key, types, f"block types among {sorted(known)}")
-  attn_levels = [_DOWN_TYPES[bt] for bt in down]
-  if [_UP_TYPES[bt] for bt in reversed(up)] != attn_levels:
-    raise _bad(
-      source, "up_block_types", up, f"the mirror of down_block_types {down} (attention at the same resolutions)"
-    )
-  size = c["sample_size"]
-  if isinstance(size, (list, tuple)):
-    if len(size) != 2 or size[0] != size[1]:
-      raise _bad(source, "sample_size", size, "one size or a square [size, size]")
-    size = size[0]
-  if size is None:
-    raise _bad(source, "sample_size", None, "the image size (an integer); the folder must give it")
-  size = _int(source, "sample_size", size, 1)
-  if size % 2 ** (n - 1):
-    raise _bad(source, "sample_size", size, f"a multiple of 2^{n - 1} ({n} levels)")
+  c = _unet_config_with_defaults(cfg, source)
+  widths, attn_levels = _unet_levels(c, source)
+  size = _unet_sample_size(c, source, len(widths))
   ch = widths[0]
   ted = c["time_embedding_dim"]
   if ted is not None and ted != 4 * ch:
     raise _bad(source, "time_embedding_dim", ted, f"None or 4 * block_out_channels[0] = {4 * ch}")
-  groups = _int(source, "norm_num_groups", c["norm_num_groups"], 1)
-  if c["attn_norm_num_groups"] not in (None, groups):
-    raise _bad(source, "attn_norm_num_groups", c["attn_norm_num_groups"], f"None or norm_num_groups={groups}")
-  for w in widths:
-    if w % groups:
-      raise _bad(source, "norm_num_groups", groups, f"a divisor of every block_out_channels entry {list(widths)}")
-  head = c["attention_head_dim"]
-  if head is not None:
-    head = _int(source, "attention_head_dim", head, 1)
-    attended = sorted({w for w, a in zip(widths, attn_levels) if a} | {widths[-1]})
-    bad = [w for w in attended if w % head]
-    if bad:
-      raise _bad(source, "attention_head_dim", head, f"None or a divisor of the attended widths {attended}")
-    if attended == [head]:
-      head = None  # one head over all channels either way
-  pad = c["downsample_padding"]
-  if pad not in (0, 1) or isinstance(pad, bool):
-    raise _bad(source, "downsample_padding", pad, "0 (right/bottom pad) or 1")
-  for key in ("freq_shift", "norm_eps", "dropout"):
-    v = c[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-      raise _bad(source, key, v, "a finite number")
-  if c["freq_shift"] >= ch // 2:
-    raise _bad(source, "freq_shift", c["freq_shift"], f"a number below half the embedding width ({ch // 2})")
-  if not isinstance(c["flip_sin_to_cos"], bool):
-    raise _bad(source, "flip_sin_to_cos", c["flip_sin_to_cos"], "true or false")
+  groups, head = _unet_groups_and_head(c, source, widths, attn_levels)
+  pad = _unet_check_scalars(c, source, ch)
   integer = all(w % ch == 0 for w in widths)
   return dict(
     ch=ch,
@@ -278,6 +220,96 @@ def fields_from_unet_config(cfg: Mapping[str, Any], source: str = "config.json")
     flip_sin_to_cos=bool(c["flip_sin_to_cos"]),
     freq_shift=float(c["freq_shift"]),
   )
+
+
+def _unet_config_with_defaults(cfg: Mapping[str, Any], source: str) -> Dict[str, Any]:
+  """The config's public fields over ``UNET_DEFAULTS``; the class, unknown fields and ``_FIXED`` values checked."""
+  cls = cfg.get("_class_name", "UNet2DModel")
+  if cls != "UNet2DModel":
+    raise _bad(source, "_class_name", cls, "'UNet2DModel'")
+  unknown = sorted(k for k in cfg if not k.startswith("_") and k not in UNET_DEFAULTS)
+  if unknown:
+    raise _bad(source, unknown[0], cfg[unknown[0]], f"only the UNet2DModel fields {sorted(UNET_DEFAULTS)}")
+  c = dict(UNET_DEFAULTS, **{k: v for k, v in cfg.items() if not k.startswith("_")})
+  for key, allowed in _FIXED.items():
+    if c[key] not in allowed:
+      raise _bad(source, key, c[key], " or ".join(repr(a) for a in allowed))
+  return c
+
+
+def _unet_levels(c: Mapping[str, Any], source: str) -> Tuple[Tuple[int, ...], list]:
+  """(the widths of the levels, whether each level attends): down and up block types must mirror each other."""
+  widths = c["block_out_channels"]
+  if not isinstance(widths, (list, tuple)) or not widths:
+    raise _bad(source, "block_out_channels", widths, "a non-empty list of integers")
+  widths = tuple(_int(source, "block_out_channels", w, 1) for w in widths)
+  n = len(widths)
+  down, up = list(c["down_block_types"]), list(c["up_block_types"])
+  for key, types, known in (("down_block_types", down, _DOWN_TYPES), ("up_block_types", up, _UP_TYPES)):
+    if len(types) != n:
+      raise _bad(source, key, types, f"{n} block types, one per block_out_channels entry")
+    for bt in types:
+      if bt not in known:
+        raise _bad(source, key, types, f"block types among {sorted(known)}")
+  attn_levels = [_DOWN_TYPES[bt] for bt in down]
+  if [_UP_TYPES[bt] for bt in reversed(up)] != attn_levels:
+    raise _bad(
+      source, "up_block_types", up, f"the mirror of down_block_types {down} (attention at the same resolutions)"
+    )
+  return widths, attn_levels
+
+
+def _unet_sample_size(c: Mapping[str, Any], source: str, n: int) -> int:
+  """The square image size, a multiple of 2^(n - 1) for ``n`` levels."""
+  size = c["sample_size"]
+  if isinstance(size, (list, tuple)):
+    if len(size) != 2 or size[0] != size[1]:
+      raise _bad(source, "sample_size", size, "one size or a square [size, size]")
+    size = size[0]
+  if size is None:
+    raise _bad(source, "sample_size", None, "the image size (an integer); the folder must give it")
+  size = _int(source, "sample_size", size, 1)
+  if size % 2 ** (n - 1):
+    raise _bad(source, "sample_size", size, f"a multiple of 2^{n - 1} ({n} levels)")
+  return size
+
+
+def _unet_groups_and_head(
+  c: Mapping[str, Any], source: str, widths: Tuple[int, ...], attn_levels: list
+) -> Tuple[int, Optional[int]]:
+  """(GroupNorm groups, attention head width or None for one head over all channels)."""
+  groups = _int(source, "norm_num_groups", c["norm_num_groups"], 1)
+  if c["attn_norm_num_groups"] not in (None, groups):
+    raise _bad(source, "attn_norm_num_groups", c["attn_norm_num_groups"], f"None or norm_num_groups={groups}")
+  for w in widths:
+    if w % groups:
+      raise _bad(source, "norm_num_groups", groups, f"a divisor of every block_out_channels entry {list(widths)}")
+  head = c["attention_head_dim"]
+  if head is not None:
+    head = _int(source, "attention_head_dim", head, 1)
+    attended = sorted({w for w, a in zip(widths, attn_levels) if a} | {widths[-1]})
+    bad = [w for w in attended if w % head]
+    if bad:
+      raise _bad(source, "attention_head_dim", head, f"None or a divisor of the attended widths {attended}")
+    if attended == [head]:
+      head = None  # one head over all channels either way
+  return groups, head
+
+
+def _unet_check_scalars(c: Mapping[str, Any], source: str, ch: int) -> int:
+  """``downsample_padding`` (returned), then the numeric fields and ``flip_sin_to_cos`` checked."""
+  pad = c["downsample_padding"]
+  if pad not in (0, 1) or isinstance(pad, bool):
+    raise _bad(source, "downsample_padding", pad, "0 (right/bottom pad) or 1")
+  for key in ("freq_shift", "norm_eps", "dropout"):
+    v = c[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+      raise _bad(source, key, v, "a finite number")
+  if c["freq_shift"] >= ch // 2:
+    raise _bad(source, "freq_shift", c["freq_shift"], f"a number below half the embedding width ({ch // 2})")
+  if not isinstance(c["flip_sin_to_cos"], bool):
+    raise _bad(source, "flip_sin_to_cos", c["flip_sin_to_cos"], "true or false")
+  return pad
 
 
 def check_scheduler_config(cfg: Mapping[str, Any], source: str = SCHEDULER_CONFIG) -> None:

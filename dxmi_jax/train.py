@@ -239,24 +239,14 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval=False) -> D
     evals = evaluators.build(exp)
     t0 = time.time()
     if pending_eval:  # dropped by SIGTERM before the checkpoint at ``start`` was saved: done now
-      metrics = _evaluate_or_drop(exp, evals, state, workdir, start, writer, watcher, final=start >= tc.num_iters)
-      if metrics is None:
-        raise preemption.Preempted(f"preempted during the evaluation of step {start}; it is done on restart")
-      ckpt.save_best(start, state, metrics, _save_meta(exp, start, start >= tc.num_iters))
+      metrics = _pending_evaluation(exp, evals, ckpt, state, workdir, start, writer, watcher)
       if start >= tc.num_iters:
         ckpt.wait()
         writer.close()
         if jax.process_index() == 0:
           _announce(workdir, metrics, time.time() - t0, _start_record(workdir), exp)
         return metrics
-    # the starting sampler (e.g. the pretrained DDPM), saved too so that best-by-metric can pick it;
-    # not again after a resume from that checkpoint, and not when the final evaluation is step 0
-    if start == 0 and tc.eval_at_start and tc.num_iters > 0 and ckpt.latest_step() is None:
-      start_metrics = _evaluate_or_drop(exp, evals, state, workdir, 0, writer, watcher, final=False)
-      if start_metrics is None:
-        raise preemption.Preempted("preempted during the evaluation of step 0; nothing to save yet")
-      if tc.best_metric:
-        _save(ckpt, exp, 0, state, start_metrics)
+    _evaluate_at_start(exp, evals, ckpt, state, workdir, start, writer, watcher)
     if watcher.requested:  # during compilation (or restore): nothing trained since the checkpoint
       raise preemption.Preempted(f"preempted before training; the checkpoint of step {start} stands")
     progress = writers.Progress(tc.num_iters, start)
@@ -271,13 +261,7 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval=False) -> D
         _check_skips(state, tc.max_consecutive_skips, done)
       record = done % tc.log_every == 0 or done == tc.num_iters or done == 1
       if record or done == start + 1:  # + a first progress line after a resume
-        flat = writers.flatten_metrics(parallel.to_host(metrics))
-        flat.update(progress(done))
-        if record:
-          writer.write(done, flat)
-        writers.log_line(done, tc.num_iters, flat, _LOG_KEYS)
-        skipped = _report_skips(flat, skipped)
-        last_metrics = flat
+        last_metrics, skipped = _log_step(metrics, done, tc.num_iters, record, progress, writer, skipped)
       if done == tc.num_iters:
         break
       if watcher.should_stop(done):  # every process, every step (the multi-process sync point)
@@ -289,11 +273,7 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval=False) -> D
           _save_and_stop(ckpt, exp, done, state, writer, eval_pending=True)
       if done % tc.checkpoint_every == 0 or eval_metrics:
         _save(ckpt, exp, done, state, eval_metrics)
-    final = _evaluate_or_drop(exp, evals, state, workdir, tc.num_iters, writer, watcher, final=True)
-    if final is None:
-      _save_and_stop(ckpt, exp, tc.num_iters, state, writer, eval_pending=True)
-    _save(ckpt, exp, tc.num_iters, state, final, final=True)
-    ckpt.wait()
+    final = _evaluate_and_save_final(exp, evals, ckpt, state, workdir, writer, watcher)
   except BaseException:
     writer.close(quiet=True)  # the error under way is the one to report
     raise
@@ -301,6 +281,55 @@ def _train_loop(exp, workdir, mesh, ckpt, state, start, pending_eval=False) -> D
   if jax.process_index() == 0:
     _announce(workdir, final, time.time() - t0, _start_record(workdir), exp)
   return dict(last_metrics, **final)
+
+
+def _pending_evaluation(exp, evals, ckpt, state, workdir, start, writer, watcher):
+  """The evaluation of step ``start`` that SIGTERM dropped before its checkpoint was saved, done and saved now."""
+  tc = exp.config.training
+  metrics = _evaluate_or_drop(exp, evals, state, workdir, start, writer, watcher, final=start >= tc.num_iters)
+  if metrics is None:
+    raise preemption.Preempted(f"preempted during the evaluation of step {start}; it is done on restart")
+  ckpt.save_best(start, state, metrics, _save_meta(exp, start, start >= tc.num_iters))
+  return metrics
+
+
+def _evaluate_at_start(exp, evals, ckpt, state, workdir, start, writer, watcher):
+  """The starting sampler (e.g. the pretrained DDPM), evaluated and saved too so that best-by-metric can pick it.
+
+  Not again after a resume from that checkpoint, and not when the final evaluation is step 0.
+  """
+  tc = exp.config.training
+  if start == 0 and tc.eval_at_start and tc.num_iters > 0 and ckpt.latest_step() is None:
+    start_metrics = _evaluate_or_drop(exp, evals, state, workdir, 0, writer, watcher, final=False)
+    if start_metrics is None:
+      raise preemption.Preempted("preempted during the evaluation of step 0; nothing to save yet")
+    if tc.best_metric:
+      _save(ckpt, exp, 0, state, start_metrics)
+
+
+def _log_step(metrics, done, num_iters, record, progress, writer, skipped):
+  """One logged step: the metrics on the host with the progress, written when ``record``, and the log line.
+
+  Returns (the flat metrics, the updated count of skipped updates).
+  """
+  flat = writers.flatten_metrics(parallel.to_host(metrics))
+  flat.update(progress(done))
+  if record:
+    writer.write(done, flat)
+  writers.log_line(done, num_iters, flat, _LOG_KEYS)
+  skipped = _report_skips(flat, skipped)
+  return flat, skipped
+
+
+def _evaluate_and_save_final(exp, evals, ckpt, state, workdir, writer, watcher):
+  """The final evaluation and checkpoint (waited for); on SIGTERM during it, the state is saved and Preempted raised."""
+  num_iters = exp.config.training.num_iters
+  final = _evaluate_or_drop(exp, evals, state, workdir, num_iters, writer, watcher, final=True)
+  if final is None:
+    _save_and_stop(ckpt, exp, num_iters, state, writer, eval_pending=True)
+  _save(ckpt, exp, num_iters, state, final, final=True)
+  ckpt.wait()
+  return final
 
 
 def _evaluate_or_drop(exp, evals, state, workdir, step, writer, watcher, final):

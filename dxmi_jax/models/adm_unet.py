@@ -232,13 +232,9 @@ class ADMUNet(nn.Module):
         "ADMUNet: y (class labels) must be given iff num_classes is set "
         f"(num_classes={self.num_classes}, y given: {y is not None})"
       )
-    dt, mc = self.dtype, self.model_channels
+    dt = self.dtype
     attn_ds = {self.image_size // int(r) for r in self.attention_resolutions}
-    emb = time_features(lambda tt: adm_timestep_embedding(tt, mc), t, x.shape[0])
-    emb = Dense(4 * mc, name="time_embed_0")(emb)
-    emb = Dense(4 * mc, name="time_embed_2")(nn.silu(emb))
-    if self.num_classes is not None:
-      emb = emb + Embed(self.num_classes, 4 * mc, name="label_emb")(y)
+    emb = _embedding(self, x, t, y)
 
     res_cls = remat_block(ResBlock, self.remat, static_argnums=(3,))
     attn_cls = remat_block(AttentionBlock, self.remat)
@@ -253,48 +249,78 @@ class ADMUNet(nn.Module):
         self._heads(h.shape[-1], upsample), dt, self.attention_chunk, conv_mode=self.conv_mode, name=name
       )(h)
 
-    ch = int(self.channel_mult[0] * mc)
-    hs = [Conv2d(ch, 3, padding=1, dtype=dt, conv_mode=self.conv_mode, name="input_blocks_0_0")(x.astype(dt))]
-    ds, i = 1, 1
-    for level, mult in enumerate(self.channel_mult):
-      for _ in range(self.num_res_blocks):
-        h = res(hs[-1], int(mult * mc), f"input_blocks_{i}_0")
-        if ds in attn_ds:
-          h = attn(h, f"input_blocks_{i}_1")
-        hs.append(h)
-        i += 1
-      if level != len(self.channel_mult) - 1:
-        name = f"input_blocks_{i}_0"
-        if self.resblock_updown:
-          hs.append(res(hs[-1], hs[-1].shape[-1], name, down=True))
-        else:
-          hs.append(Downsample(self.conv_resample, dt, conv_mode=self.conv_mode, name=name)(hs[-1]))
-        ds, i = ds * 2, i + 1
+    hs, ds = _input_blocks(self, x, res, attn, attn_ds)
 
     h = res(hs[-1], hs[-1].shape[-1], "middle_block_0")
     h = attn(h, "middle_block_1")
     h = res(h, h.shape[-1], "middle_block_2")
 
-    i = 0
-    for level, mult in reversed(list(enumerate(self.channel_mult))):
-      for j in range(self.num_res_blocks + 1):
-        h = res(jnp.concatenate([h, hs.pop()], axis=-1), int(mult * mc), f"output_blocks_{i}_0")
-        pos = 1
-        if ds in attn_ds:
-          h = attn(h, f"output_blocks_{i}_1", upsample=True)
-          pos = 2
-        if level and j == self.num_res_blocks:
-          name = f"output_blocks_{i}_{pos}"
-          if self.resblock_updown:
-            h = res(h, h.shape[-1], name, up=True)
-          else:
-            h = Upsample(self.conv_resample, dt, conv_mode=self.conv_mode, name=name)(h)
-          ds //= 2
-        i += 1
+    h = _output_blocks(self, h, hs, ds, res, attn, attn_ds)
     assert not hs
 
     h = nn.silu(GroupNorm(32, _GN_EPS, name="out_0")(h.astype(jnp.float32)))
     return Conv2d(self.out_channels, 3, padding=1, zero_init=True, conv_mode=self.conv_mode, name="out_2")(h)
+
+
+# The steps of ``ADMUNet.__call__``: plain functions of the module, called inside its compact ``__call__``
+# (so the layers they create are its children, under the official names); ``res(h, out, name, **kw)`` and
+# ``attn(h, name, upsample=False)`` build and apply the next ResBlock / AttentionBlock.
+
+
+def _embedding(m: ADMUNet, x, t, y):
+  """The timestep embedding through ``time_embed``, plus the label embedding when ``num_classes`` is set."""
+  mc = m.model_channels
+  emb = time_features(lambda tt: adm_timestep_embedding(tt, mc), t, x.shape[0])
+  emb = Dense(4 * mc, name="time_embed_0")(emb)
+  emb = Dense(4 * mc, name="time_embed_2")(nn.silu(emb))
+  if m.num_classes is not None:
+    emb = emb + Embed(m.num_classes, 4 * mc, name="label_emb")(y)
+  return emb
+
+
+def _input_blocks(m: ADMUNet, x, res, attn, attn_ds):
+  """``input_blocks``: (the skip activations in order, the downsample factor reached)."""
+  dt, mc = m.dtype, m.model_channels
+  ch = int(m.channel_mult[0] * mc)
+  hs = [Conv2d(ch, 3, padding=1, dtype=dt, conv_mode=m.conv_mode, name="input_blocks_0_0")(x.astype(dt))]
+  ds, i = 1, 1
+  for level, mult in enumerate(m.channel_mult):
+    for _ in range(m.num_res_blocks):
+      h = res(hs[-1], int(mult * mc), f"input_blocks_{i}_0")
+      if ds in attn_ds:
+        h = attn(h, f"input_blocks_{i}_1")
+      hs.append(h)
+      i += 1
+    if level != len(m.channel_mult) - 1:
+      name = f"input_blocks_{i}_0"
+      if m.resblock_updown:
+        hs.append(res(hs[-1], hs[-1].shape[-1], name, down=True))
+      else:
+        hs.append(Downsample(m.conv_resample, dt, conv_mode=m.conv_mode, name=name)(hs[-1]))
+      ds, i = ds * 2, i + 1
+  return hs, ds
+
+
+def _output_blocks(m: ADMUNet, h, hs, ds, res, attn, attn_ds):
+  """``output_blocks``, popping the skip activations ``hs`` (all of them)."""
+  dt, mc = m.dtype, m.model_channels
+  i = 0
+  for level, mult in reversed(list(enumerate(m.channel_mult))):
+    for j in range(m.num_res_blocks + 1):
+      h = res(jnp.concatenate([h, hs.pop()], axis=-1), int(mult * mc), f"output_blocks_{i}_0")
+      pos = 1
+      if ds in attn_ds:
+        h = attn(h, f"output_blocks_{i}_1", upsample=True)
+        pos = 2
+      if level and j == m.num_res_blocks:
+        name = f"output_blocks_{i}_{pos}"
+        if m.resblock_updown:
+          h = res(h, h.shape[-1], name, up=True)
+        else:
+          h = Upsample(m.conv_resample, dt, conv_mode=m.conv_mode, name=name)(h)
+        ds //= 2
+      i += 1
+  return h
 
 
 def adm_imagenet64() -> ml_collections.ConfigDict:

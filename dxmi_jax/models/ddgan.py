@@ -366,7 +366,6 @@ class DDGANGenerator(nn.Module):
       if not self.is_initializing():
         raise ValueError("DDGANGenerator needs the latent z (B, nz): call apply(v, x, t, z=z)")
       z = jnp.zeros((x.shape[0], self.nz), jnp.float32)
-    nf = self.num_channels_dae
     counter = iter(range(10**6))
     name = lambda: f"all_modules_{next(counter)}"  # torch's all_modules index
     res_block = lambda **kw: ResnetBlockBigGAN(
@@ -379,57 +378,84 @@ class DDGANGenerator(nn.Module):
       name=name(),
       **kw,
     )
-
-    # Style w = MLP(PixelNorm(z)): z_transform.{1,3,..} are the Linear layers.
-    zf = z.astype(jnp.float32)
-    w = zf / jnp.sqrt(jnp.mean(jnp.square(zf), axis=1, keepdims=True) + 1e-8)
-    for i in range(self.n_mlp + 1):
-      w = swish(Linear(self.z_emb_dim, dtype=dtype, name=f"z_transform_{2 * i + 1}")(w))
-
-    temb = timestep_embedding(t, nf)
-    temb = Linear(nf * 4, kernel_init=_ddpm_init(), dtype=dtype, name=name())(temb)
-    temb = Linear(nf * 4, kernel_init=_ddpm_init(), dtype=dtype, name=name())(swish(temb))
-
-    x = x.astype(dtype)
-    if not self.centered:
-      x = 2 * x - 1.0
-    pyramid = x if self.progressive_input.lower() == "residual" else None
-    hs = [Conv(nf, 3, dtype=dtype, conv_mode=self.conv_mode, name=name())(x)]
-    levels = len(self.ch_mult)
-    for lvl in range(levels):
-      for _ in range(self.num_res_blocks):
-        h = res_block(out_ch=nf * self.ch_mult[lvl])(hs[-1], temb, w, deterministic)
-        if h.shape[2] in self.attn_resolutions:
-          h = AttnBlock(self.skip_rescale, dtype, name=name())(h)
-        hs.append(h)
-      if lvl != levels - 1:
-        h = res_block(down=True)(hs[-1], temb, w, deterministic)
-        if pyramid is not None:
-          pyramid = PyramidDownsample(
-            h.shape[-1], self.fir, tuple(self.fir_kernel), dtype, conv_mode=self.conv_mode, name=name()
-          )(pyramid)
-          pyramid = (pyramid + h) / np.sqrt(2.0) if self.skip_rescale else pyramid + h
-          h = pyramid
-        hs.append(h)
+    w = _style(self, z, dtype)
+    temb = _time_embedding(self, t, dtype, name)
+    hs = _encoder(self, x, temb, w, deterministic, dtype, name, res_block)
 
     h = hs[-1]
     h = res_block()(h, temb, w, deterministic)
     h = AttnBlock(self.skip_rescale, dtype, name=name())(h)
     h = res_block()(h, temb, w, deterministic)
 
-    for lvl in reversed(range(levels)):
-      for _ in range(self.num_res_blocks + 1):
-        h = res_block(out_ch=nf * self.ch_mult[lvl])(jnp.concatenate([h, hs.pop()], -1), temb, w, deterministic)
-      if h.shape[2] in self.attn_resolutions:
-        h = AttnBlock(self.skip_rescale, dtype, name=name())(h)
-      if lvl != 0:
-        h = res_block(up=True)(h, temb, w, deterministic)
+    h = _decoder(self, h, hs, temb, w, deterministic, dtype, name, res_block)
     assert not hs
 
     h = swish(GroupNorm(_groups(h.shape[-1]), 1e-6, name=name())(h))
     h = Conv(self.num_channels, 3, init_scale=0.0, dtype=dtype, conv_mode=self.conv_mode, name=name())(h)
     h = h.astype(jnp.float32)
     return h if self.not_use_tanh else jnp.tanh(h)
+
+
+# The steps of ``DDGANGenerator.__call__``: plain functions of the module, called inside its compact
+# ``__call__`` (so the layers they create are its children, under the same names); ``name`` numbers the
+# layers in torch's ``all_modules`` order and ``res_block`` builds the next ResnetBlockBigGAN.
+
+
+def _style(m: DDGANGenerator, z, dtype):
+  """Style w = MLP(PixelNorm(z)): z_transform.{1,3,..} are the Linear layers."""
+  zf = z.astype(jnp.float32)
+  w = zf / jnp.sqrt(jnp.mean(jnp.square(zf), axis=1, keepdims=True) + 1e-8)
+  for i in range(m.n_mlp + 1):
+    w = swish(Linear(m.z_emb_dim, dtype=dtype, name=f"z_transform_{2 * i + 1}")(w))
+  return w
+
+
+def _time_embedding(m: DDGANGenerator, t, dtype, name):
+  """The sinusoidal embedding of t through two Linear layers (4 * num_channels_dae wide)."""
+  nf = m.num_channels_dae
+  temb = timestep_embedding(t, nf)
+  temb = Linear(nf * 4, kernel_init=_ddpm_init(), dtype=dtype, name=name())(temb)
+  return Linear(nf * 4, kernel_init=_ddpm_init(), dtype=dtype, name=name())(swish(temb))
+
+
+def _encoder(m: DDGANGenerator, x, temb, w, deterministic, dtype, name, res_block):
+  """The input conv and the down path (with the residual input pyramid): the skip activations, in order."""
+  nf = m.num_channels_dae
+  x = x.astype(dtype)
+  if not m.centered:
+    x = 2 * x - 1.0
+  pyramid = x if m.progressive_input.lower() == "residual" else None
+  hs = [Conv(nf, 3, dtype=dtype, conv_mode=m.conv_mode, name=name())(x)]
+  levels = len(m.ch_mult)
+  for lvl in range(levels):
+    for _ in range(m.num_res_blocks):
+      h = res_block(out_ch=nf * m.ch_mult[lvl])(hs[-1], temb, w, deterministic)
+      if h.shape[2] in m.attn_resolutions:
+        h = AttnBlock(m.skip_rescale, dtype, name=name())(h)
+      hs.append(h)
+    if lvl != levels - 1:
+      h = res_block(down=True)(hs[-1], temb, w, deterministic)
+      if pyramid is not None:
+        pyramid = PyramidDownsample(h.shape[-1], m.fir, tuple(m.fir_kernel), dtype, conv_mode=m.conv_mode, name=name())(
+          pyramid
+        )
+        pyramid = (pyramid + h) / np.sqrt(2.0) if m.skip_rescale else pyramid + h
+        h = pyramid
+      hs.append(h)
+  return hs
+
+
+def _decoder(m: DDGANGenerator, h, hs, temb, w, deterministic, dtype, name, res_block):
+  """The up path, popping the skip activations ``hs`` (all of them)."""
+  nf = m.num_channels_dae
+  for lvl in reversed(range(len(m.ch_mult))):
+    for _ in range(m.num_res_blocks + 1):
+      h = res_block(out_ch=nf * m.ch_mult[lvl])(jnp.concatenate([h, hs.pop()], -1), temb, w, deterministic)
+    if h.shape[2] in m.attn_resolutions:
+      h = AttnBlock(m.skip_rescale, dtype, name=name())(h)
+    if lvl != 0:
+      h = res_block(up=True)(h, temb, w, deterministic)
+  return h
 
 
 def ddgan_cifar10() -> ml_collections.ConfigDict:

@@ -336,11 +336,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
   Raises:
     CheckpointError: missing/unexpected keys, wrong shapes, non-finite values.
   """
-  expected = variable_shapes()
-  flat_expected = {}
-  for col, tree in expected.items():
-    for path, shape in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda s: isinstance(s, tuple))[0]:
-      flat_expected[(col,) + tuple(p.key for p in path)] = shape
+  flat_expected = _flat_variable_shapes()
   out: Dict[Tuple[str, ...], np.ndarray] = {}
   unexpected, bad_shape = [], []
   for raw_key, value in state_dict.items():
@@ -390,8 +386,23 @@ def torch_to_flax(state_dict: Mapping[str, Any], source: str = "state_dict") -> 
     if bad_shape:
       msg.append(f"{len(bad_shape)} bad tensors, e.g. {bad_shape[:3]}")
     raise CheckpointError("; ".join(msg))
+  return _nest(out)
+
+
+def _flat_variable_shapes() -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+  """``variable_shapes`` flattened: {(collection, *path): shape}."""
+  expected = variable_shapes()
+  flat_expected = {}
+  for col, tree in expected.items():
+    for path, shape in jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda s: isinstance(s, tuple))[0]:
+      flat_expected[(col,) + tuple(p.key for p in path)] = shape
+  return flat_expected
+
+
+def _nest(flat: Mapping[Tuple[str, ...], Any]) -> Dict[str, Any]:
+  """{(a, b, c): leaf} -> {a: {b: {c: leaf}}}, in the order of ``flat``."""
   variables: Dict[str, Any] = {}
-  for path, arr in out.items():
+  for path, arr in flat.items():
     node = variables
     for p in path[:-1]:
       node = node.setdefault(p, {})

@@ -477,17 +477,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args) -> int:
-  strides = sorted(set(_parse_strides(args.stages, "--stages")))
-  out_stride = args.out_stride if args.out_stride is not None else strides[-1]
-  if out_stride < 1:
-    raise ConfigError(f"--out_stride={out_stride}: expected a positive stride")
-  for s in strides + [out_stride]:
-    if args.image_size < 1 or args.image_size % s:
-      raise ConfigError(
-        f"--image_size={args.image_size}: expected a multiple of every stride ({strides}, {out_stride})"
-      )
-  if args.train_per_class < 1 or args.batch_size < 1 or (args.test_limit is not None and args.test_limit < 1):
-    raise ConfigError("--train_per_class, --batch_size and --test_limit: expected positive integers")
+  strides, out_stride = _check_args(args)
   source, data_dir = resolve_source(args.source, args.data_dir)
   threads = args.threads or len(os.sched_getaffinity(0))
   backbone = build_backbone(args.backbone, args.image_size, strides, not args.random_init, threads)
@@ -526,37 +516,58 @@ def _run(args) -> int:
         continue
       if not args.force:
         raise ConfigError(f"{path} exists with other settings (pass --force to replace it)")
-    images, labels = load_split(source, data_dir, split)
-    rows = (
-      per_class_subset(labels, args.train_per_class, args.seed)
-      if split == "train"
-      else np.arange(len(images) if args.test_limit is None else min(args.test_limit, len(images)))
-    )
-    t0 = time.time()
-    feats = extract_features(backbone, images[rows], args.image_size, out_stride, args.batch_size, desc=split)
-    seconds = time.time() - t0
-    meta.update(
-      source=source,
-      images=int(len(rows)),
-      seconds=round(seconds, 1),
-      ms_per_image=round(1000 * seconds / max(1, len(rows)), 2),
-      threads=threads,
-    )
-    class_id = labels[rows].astype(np.int64)
-    os.makedirs(args.out, exist_ok=True)
-    write_npz(
-      path,
-      dict(
-        feature_align=feats,
-        label=np.zeros(len(rows), np.int64),
-        clsname=np.array([FASHION_MNIST_CLASSES[c] for c in class_id]),
-        class_id=class_id,
-        image_index=rows.astype(np.int64),
-        meta=np.array(json.dumps(meta)),
-      ),
-    )
-    print(f"wrote {path}: feature_align {feats.shape} float16, {seconds:.0f} s", file=sys.stderr)
+    _extract_split(args, backbone, source, data_dir, split, out_stride, threads, path, meta)
   return 0
+
+
+def _check_args(args) -> Tuple[List[int], int]:
+  """(the sorted stage strides, the output stride); ``ConfigError`` for sizes and counts that cannot work."""
+  strides = sorted(set(_parse_strides(args.stages, "--stages")))
+  out_stride = args.out_stride if args.out_stride is not None else strides[-1]
+  if out_stride < 1:
+    raise ConfigError(f"--out_stride={out_stride}: expected a positive stride")
+  for s in strides + [out_stride]:
+    if args.image_size < 1 or args.image_size % s:
+      raise ConfigError(
+        f"--image_size={args.image_size}: expected a multiple of every stride ({strides}, {out_stride})"
+      )
+  if args.train_per_class < 1 or args.batch_size < 1 or (args.test_limit is not None and args.test_limit < 1):
+    raise ConfigError("--train_per_class, --batch_size and --test_limit: expected positive integers")
+  return strides, out_stride
+
+
+def _extract_split(args, backbone, source, data_dir, split, out_stride, threads, path, meta) -> None:
+  """Loads ``split``, extracts its feature maps and writes them with ``meta`` (timings added) to ``path``."""
+  images, labels = load_split(source, data_dir, split)
+  rows = (
+    per_class_subset(labels, args.train_per_class, args.seed)
+    if split == "train"
+    else np.arange(len(images) if args.test_limit is None else min(args.test_limit, len(images)))
+  )
+  t0 = time.time()
+  feats = extract_features(backbone, images[rows], args.image_size, out_stride, args.batch_size, desc=split)
+  seconds = time.time() - t0
+  meta.update(
+    source=source,
+    images=int(len(rows)),
+    seconds=round(seconds, 1),
+    ms_per_image=round(1000 * seconds / max(1, len(rows)), 2),
+    threads=threads,
+  )
+  class_id = labels[rows].astype(np.int64)
+  os.makedirs(args.out, exist_ok=True)
+  write_npz(
+    path,
+    dict(
+      feature_align=feats,
+      label=np.zeros(len(rows), np.int64),
+      clsname=np.array([FASHION_MNIST_CLASSES[c] for c in class_id]),
+      class_id=class_id,
+      image_index=rows.astype(np.int64),
+      meta=np.array(json.dumps(meta)),
+    ),
+  )
+  print(f"wrote {path}: feature_align {feats.shape} float16, {seconds:.0f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":
