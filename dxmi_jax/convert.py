@@ -66,7 +66,7 @@ import numpy as np
 from flax import traverse_util
 
 from dxmi_jax import diffusers_io, io
-from dxmi_jax.errors import CheckpointError
+from dxmi_jax.errors import CheckpointError, mismatch_report
 from dxmi_jax.models import official_names, registry
 from dxmi_jax.torch_files import _import_torch, load_torch_state_dict
 
@@ -180,27 +180,6 @@ def _strip_prefixes(sd: Mapping[str, Any]) -> Dict[str, Any]:
   return sd
 
 
-def _fmt(shape) -> str:
-  return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _mismatch_report(what: str, missing, unexpected, misshaped, n: int = 5, side: str = "checkpoint") -> str:
-  parts = [what]
-  if missing:
-    parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:n]) + (" ..." if len(missing) > n else ""))
-  if unexpected:
-    parts.append(
-      f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:n]) + (" ..." if len(unexpected) > n else "")
-    )
-  if misshaped:
-    parts.append(
-      f"{len(misshaped)} mis-shaped key(s): "
-      + ", ".join(f"{k} {side} {_fmt(a)} vs model {_fmt(b)}" for k, a, b in misshaped[:n])
-      + (" ..." if len(misshaped) > n else "")
-    )
-  return "\n  ".join(parts)
-
-
 def state_dict_to_params(
   sd: Mapping[str, np.ndarray], arch: str, cfg=None, *, source: str = "state_dict"
 ) -> Tuple[dict, Dict[str, np.ndarray]]:
@@ -220,7 +199,7 @@ def state_dict_to_params(
   ]
   if missing or unexpected or misshaped:
     raise CheckpointError(
-      _mismatch_report(
+      mismatch_report(
         f"{source} does not fit arch {arch!r} with config "
         f"{registry.config_to_json_dict(cfg)} (pass the architecture as overrides):",
         missing,
@@ -251,7 +230,7 @@ def params_to_state_dict(
   if missing or unexpected or misshaped:
     pre = _SAVE_PREFIX[arch]
     raise CheckpointError(
-      _mismatch_report(
+      mismatch_report(
         f"params do not fit arch {arch!r} with config {registry.config_to_json_dict(cfg)}:",
         [pre + k for k in missing],
         [pre + k for k in unexpected],

@@ -49,7 +49,7 @@ import numpy as np
 from flax import traverse_util
 
 from dxmi_jax import io
-from dxmi_jax.errors import CheckpointError
+from dxmi_jax.errors import CheckpointError, mismatch_report
 from dxmi_jax.models import registry
 
 ARCH = "ddpm_unet"
@@ -492,8 +492,6 @@ def read_weights(path: str) -> Tuple[Dict[str, np.ndarray], str]:
 
 def state_dict_to_params(sd: Mapping[str, np.ndarray], cfg, source: str = "state_dict") -> dict:
   """diffusers state_dict -> our Flax params for ``cfg`` (a ddpm_unet config); strict."""
-  from dxmi_jax.convert import _mismatch_report  # pylint: disable=import-outside-toplevel
-
   cfg = registry.resolve_config(ARCH, cfg)
   nlev = len(cfg.level_channels or cfg.ch_mult)
   shapes = traverse_util.flatten_dict(registry.param_shapes(ARCH, cfg))
@@ -513,7 +511,7 @@ def state_dict_to_params(sd: Mapping[str, np.ndarray], cfg, source: str = "state
         misshaped.append((k, tuple(np.shape(sd[k])), shp))
   if missing or unexpected or misshaped:
     raise CheckpointError(
-      _mismatch_report(
+      mismatch_report(
         f"{source} does not fit our DDPM UNet with config {registry.config_to_json_dict(cfg)}:",
         missing,
         unexpected,

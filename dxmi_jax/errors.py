@@ -1,5 +1,5 @@
-"""The error types user input can raise, and the numeric range check the config sections share;
-at the bottom of the package (imports nothing of ours)."""
+"""The error types user input can raise, the numeric range check the config sections share, and the
+report of a checkpoint that does not fit a model; at the bottom of the package (imports nothing of ours)."""
 
 import math
 
@@ -40,3 +40,26 @@ def check_ranges(config, ranges) -> None:
       raise ConfigError(f"config.{key} must be {what}, got {value!r}")
     if hi is not None and (value > hi or (value == hi and not hi_incl)):
       raise ConfigError(f"config.{key} must be {what}, got {value!r}")
+
+
+def _fmt_shape(shape) -> str:
+  return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def mismatch_report(what: str, missing, unexpected, misshaped, n: int = 5, side: str = "checkpoint") -> str:
+  """The message of a checkpoint that does not fit a model: ``what``, then the first ``n`` missing,
+  unexpected and mis-shaped keys (the last with both shapes)."""
+  parts = [what]
+  if missing:
+    parts.append(f"{len(missing)} missing key(s): " + ", ".join(missing[:n]) + (" ..." if len(missing) > n else ""))
+  if unexpected:
+    parts.append(
+      f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected[:n]) + (" ..." if len(unexpected) > n else "")
+    )
+  if misshaped:
+    parts.append(
+      f"{len(misshaped)} mis-shaped key(s): "
+      + ", ".join(f"{k} {side} {_fmt_shape(a)} vs model {_fmt_shape(b)}" for k, a, b in misshaped[:n])
+      + (" ..." if len(misshaped) > n else "")
+    )
+  return "\n  ".join(parts)
