@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from dxmi_jax import data as data_lib
 from dxmi_jax import init as init_lib
-from dxmi_jax import dxmi, dxmi_config, evaluators, networks, optim, policies, projects, generation
+from dxmi_jax import dxmi, dxmi_config, evaluators, generation, networks, optim, policies, projects
 from dxmi_jax.data import toy2d
 from dxmi_jax.errors import ConfigError, check_ranges
 from dxmi_jax.state import DxMIState, TrainState, create_state
