@@ -54,7 +54,9 @@ row in --rows, the JSON gains ``tau_study`` (every grid run's best val FD and th
 ``tau_comparison`` (test FD at the best-on-val checkpoint, selected τ against τ=0, seed by seed),
 and results/digits_tau_val.png (best val FD against τ1) and results/digits_tau_sigmas.png (the σ's
 over training for τ=0 and the selected τ) are drawn.  ``--tau_val`` reports the grid on val alone,
-finished or not, without reading the test split.  With --train_only the runs go seed-major (every
+finished or not, without reading the test split; ``--traces`` summarises the DxMI runs of --rows from
+their training traces alone (val FD at the start, at 100, best and last; per iteration window the
+energy gap, TD loss, policy gradient norm and σ₀: the T=10 overshoot analysis).  With --train_only the runs go seed-major (every
 row's seed 0, then seed 1, ...), so that partial results cover the whole grid:
 
     W=/path/outside/the/checkout
@@ -172,6 +174,12 @@ def _args(argv=None):
     action="store_true",
     help="only report the T=4 τ grid on validation (finished runs or not): results/table_digits_tau_val.json, "
     "results/digits_tau_val.png, results/digits_tau_sigmas.png; reads no test data, trains nothing",
+  )
+  p.add_argument(
+    "--traces",
+    action="store_true",
+    help="only summarise the training traces of the DxMI rows of --rows (val FD, energy gap, TD loss, policy "
+    "gradient norm, sigma_0 per window): results/table_digits_traces.json; reads no test data, trains nothing",
   )
   p.add_argument(
     "--merge",
@@ -711,6 +719,114 @@ def plot_tau_sigmas(runs, path):
   plt.close(fig)
 
 
+# iteration windows of the trace summary: the value's first phase, the approach, the late phase
+TRACE_WINDOWS = ((0, 150), (150, 1000), (1000, None))
+
+
+def _window_mean(steps, values, lo, hi):
+  v = [x for s, x in zip(steps, values) if x is not None and s >= lo and (hi is None or s < hi)]
+  return float(np.mean(v)) if v else None
+
+
+def trace_summary(run_dir):
+  """What the overshoot analysis reads from one run's training traces (val split and training only).
+
+  Val FD at the start, at iteration 100, at its best and at the end; then per TRACE_WINDOWS window
+  the mean energy gap E(samples) - E(data), the value (TD) loss, the policy and energy gradient
+  norms, and sigma_0 (the first, noisiest step) at the window's end.
+  """
+  c = learning_curves(run_dir)
+  if not c["val_fd"]:
+    return None
+  fd = dict(zip(c["eval_step"], c["val_fd"]))
+  best_step = min(fd, key=fd.get)
+  last_step = max(fd)
+  gap = [None if (a is None or b is None) else b - a for a, b in zip(c["pos_e"], c["neg_e"])]
+  sigma0 = [s[0] if s else None for s in c["sigma"]]
+  windows = []
+  for lo, hi in TRACE_WINDOWS:
+    inside = [i for i, s in enumerate(c["train_step"]) if s >= lo and (hi is None or s < hi)]
+    windows.append(
+      {
+        "from": lo,
+        "to": hi,
+        "energy_gap": _window_mean(c["train_step"], gap, lo, hi),
+        "v_loss": _window_mean(c["train_step"], c["v_loss"], lo, hi),
+        "policy_grad_norm": _window_mean(c["train_step"], c["policy_grad_norm"], lo, hi),
+        "ebm_grad_norm": _window_mean(c["train_step"], c["ebm_grad_norm"], lo, hi),
+        "sigma0_end": sigma0[inside[-1]] if inside else None,
+      }
+    )
+  return {
+    "val_fd_start": fd.get(0),
+    "val_fd_100": fd.get(100),
+    "best_val_fd": fd[best_step],
+    "best_step": best_step,
+    "last_val_fd": fd[last_step],
+    "last_step": last_step,
+    "overshoot": fd[last_step] - fd[best_step],
+    "sigma0_start": sigma0[0] if sigma0 else None,
+    "windows": windows,
+  }
+
+
+def traces_report(summaries):
+  """{(row, seed): trace_summary} as markdown: val FD, then the windows' energy gap, TD loss and sigma_0."""
+
+  def f(x, d=2):
+    return "–" if x is None else f"{x:.{d}f}"
+
+  heads = [f"{lo}–{'end' if hi is None else hi}" for lo, hi in TRACE_WINDOWS]
+  lines = [
+    "| run | val FD: start, 100, best (step), last | overshoot | energy gap "
+    + " / ".join(heads)
+    + " | TD loss "
+    + " / ".join(heads)
+    + " | policy grad norm "
+    + " / ".join(heads)
+    + " | σ₀ start → "
+    + " / ".join(heads)
+    + " |",
+    "|---|---|---:|---|---|---|---|",
+  ]
+  for (row, seed), s in summaries.items():
+    w = s["windows"]
+    lines.append(
+      f"| {row} s{seed} | {f(s['val_fd_start'], 1)}, {f(s['val_fd_100'], 1)}, {f(s['best_val_fd'], 1)} "
+      f"({s['best_step']}), {f(s['last_val_fd'], 1)} | {f(s['overshoot'], 1)} | "
+      + " / ".join(f(x["energy_gap"]) for x in w)
+      + " | "
+      + " / ".join(f(x["v_loss"], 3) for x in w)
+      + " | "
+      + " / ".join(f(x["policy_grad_norm"], 3) for x in w)
+      + f" | {f(s['sigma0_start'], 3)} → "
+      + " / ".join(f(x["sigma0_end"], 3) for x in w)
+      + " |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def write_traces(args, seeds, rows):
+  """--traces: the training-trace summary of the DxMI rows of --rows (no test split is read, nothing trains)."""
+  summaries = {}
+  for name in rows:
+    if name not in DXMI_VARIANTS:
+      continue
+    _, run, _ = resolve_row(name, args, seeds)
+    for seed in seeds:
+      run_dir = dxmi_run_dir(args.workdir, run, seed)
+      s = trace_summary(run_dir) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else None
+      if s is not None:
+        summaries[(name, seed)] = dict(s, run=os.path.basename(run_dir))
+  os.makedirs(args.results, exist_ok=True)
+  io.atomic_write_json(
+    os.path.join(args.results, "table_digits_traces.json"),
+    {"windows": TRACE_WINDOWS, "runs": [dict(v, row=r, seed=sd) for (r, sd), v in summaries.items()]},
+  )
+  print(traces_report(summaries))
+  return summaries
+
+
 def write_tau_val(args, seeds):
   """--tau_val: the T=4 τ grid on validation only (finished or not), its plots; no test split is read."""
   study = tau_study(args.workdir, seeds, args)
@@ -749,6 +865,8 @@ def _main(argv=None):
     raise UsageError(f"--rows: unknown {bad}; expected a subset of {','.join(ROW_ORDER)}")
   if args.tau_val:
     return write_tau_val(args, seeds)
+  if args.traces:
+    return write_traces(args, seeds, rows)
   # the DxMI rows' configs; the selected-τ rows need the finished grid (checked before anything is written)
   resolved = {name: resolve_row(name, args, seeds) for name in rows if name in DXMI_VARIANTS}
   from dxmi_jax.metrics import digits_classifier  # pylint: disable=import-outside-toplevel

@@ -99,3 +99,28 @@ def test_rows_and_seeds_errors(td, capsys):
     with pytest.raises(SystemExit) as e:
       td.main(argv + ["--train_only", "--workdir=/nonexistent/never"])
     assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_trace_summary_windows(td, tmp_path):
+  """The overshoot analysis's numbers: val FD at start, 100, best and last; per window the mean energy
+  gap (samples minus data), TD loss and policy gradient norm, and sigma_0 at the window's end."""
+  d = tmp_path / "dxmi_t10_tau0_s0"
+  d.mkdir()
+  with open(d / "metrics.jsonl", "w") as f:
+    for step in range(0, 1300, 10):
+      gap = 0.1 if step < 1000 else 0.5
+      rec = {"step": step, "kind": "train", "ebm/pos_e": -gap / 2, "ebm/neg_e": gap / 2, "ebm/v_loss": step / 1000.0}
+      rec.update({"sampler/grad_norm": 2.0, "ebm/grad_norm": 3.0, "sigma/sigma_0": 0.8 + step / 10000, "sigma/sigma_1": 0.1})
+      f.write(json.dumps(rec) + "\n")
+      if step % 100 == 0:
+        fd = {0: 21.0, 100: 40.0, 1000: 12.0}.get(step, 15.0 + (step > 1000))
+        f.write(json.dumps({"step": step, "kind": "eval", "digits_fd": fd}) + "\n")
+  s = td.trace_summary(str(d))
+  assert (s["val_fd_start"], s["val_fd_100"], s["best_val_fd"], s["best_step"]) == (21.0, 40.0, 12.0, 1000)
+  assert (s["last_step"], s["last_val_fd"]) == (1200, 16.0) and s["overshoot"] == pytest.approx(4.0)
+  early, mid, late = s["windows"]
+  assert early["energy_gap"] == pytest.approx(0.1) and late["energy_gap"] == pytest.approx(0.5)
+  assert early["v_loss"] == pytest.approx(0.07)  # steps 0..140
+  assert mid["sigma0_end"] == pytest.approx(0.899) and late["sigma0_end"] == pytest.approx(0.929)
+  assert late["policy_grad_norm"] == 2.0 and s["sigma0_start"] == pytest.approx(0.8)
+  assert "| x s0 | 21.0, 40.0, 12.0 (1000), 16.0 | 4.0 |" in td.traces_report({("x", 0): s})
