@@ -53,7 +53,7 @@ Each DxMI row records its ``tau`` (scale, tau1, tau2), config variant and run fo
 row in --rows, the JSON gains ``tau_study`` (every grid run's best val FD and the selection) and
 ``tau_comparison`` (test FD at the best-on-val checkpoint, selected τ against τ=0, seed by seed),
 and results/digits_tau_val.png (best val FD against τ1) and results/digits_tau_sigmas.png (the σ's
-over training for τ=0 and the selected τ) are drawn.  ``--tau_val`` reports the grid on val alone,
+over training for every τ of the grid, the selected one marked) are drawn.  ``--tau_val`` reports the grid on val alone,
 finished or not, without reading the test split; ``--traces`` summarises the DxMI runs of --rows from
 their training traces alone (val FD at the start, at 100, best and last; per iteration window the
 energy gap, TD loss, policy gradient norm and σ₀: the T=10 overshoot analysis).  With --train_only the runs go seed-major (every
@@ -699,6 +699,22 @@ def plot_tau(study, path):
   plt.close(fig)
 
 
+def tau_sigma_runs(workdir, study, seed, t10=None):
+  """{panel title: run folder} of the σ plot: every scale of the T=4 grid (the selected one marked), so
+  that τ = 0 is compared with τ > 0 whichever scale is selected; then the T=10 rows of ``t10``
+  ({row: run name}) whose runs differ."""
+  runs = {}
+  for k in TAU_GRID:
+    row = f"dxmi_t4_tau{_k(k)}"
+    mark = " (selected)" if k == study["selected_scale"] else ""
+    runs[f"T=4, k = {_k(k)}{mark}, seed {seed}"] = dxmi_run_dir(workdir, RUN_ALIAS.get(row, row), seed)
+  for name, run in (t10 or {}).items():
+    path = dxmi_run_dir(workdir, run, seed)
+    if path not in runs.values():
+      runs[f"{LABELS[name]}, seed {seed}"] = path
+  return runs
+
+
 def plot_tau_sigmas(runs, path):
   """The sigmas over training of the given {label: run folder} (sampling order, log scale)."""
   import matplotlib  # pylint: disable=import-outside-toplevel
@@ -706,7 +722,7 @@ def plot_tau_sigmas(runs, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
-  fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.6), squeeze=False, sharey=True)
+  fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.4), squeeze=False, sharey=True)
   for ax, (label, run_dir) in zip(axes[0], runs.items()):
     c = learning_curves(run_dir) if os.path.exists(os.path.join(run_dir, "metrics.jsonl")) else None
     sig = np.asarray(c["sigma"], np.float64) if c and c["sigma"] else np.zeros((0, 0))
@@ -833,13 +849,7 @@ def write_tau_val(args, seeds):
   os.makedirs(args.results, exist_ok=True)
   io.atomic_write_json(os.path.join(args.results, "table_digits_tau_val.json"), study)
   plot_tau(study, os.path.join(args.results, "digits_tau_val.png"))
-  s0 = str(seeds[0])
-  runs = {f"τ = 0, T=4, seed {s0}": dxmi_run_dir(args.workdir, "dxmi_t4_tau0", s0)}
-  if study["selected_scale"] is not None:
-    k = study["selected_scale"]
-    row = f"dxmi_t4_tau{_k(k)}"
-    runs[f"selected k = {_k(k)}, T=4, seed {s0}"] = dxmi_run_dir(args.workdir, RUN_ALIAS.get(row, row), s0)
-  plot_tau_sigmas(runs, os.path.join(args.results, "digits_tau_sigmas.png"))
+  plot_tau_sigmas(tau_sigma_runs(args.workdir, study, seeds[0]), os.path.join(args.results, "digits_tau_sigmas.png"))
   print(tau_report(study))
   return study
 
@@ -972,13 +982,10 @@ def _main(argv=None):
     result["tau_study"] = tau_study(args.workdir, seeds, args)
     result["tau_comparison"] = tau_comparison(result["rows"])
     plot_tau(result["tau_study"], os.path.join(args.results, "digits_tau_val.png"))
-    runs = {}
-    for T in (4, 10):
-      for n in (f"dxmi_t{T}_tau0", f"dxmi_t{T}_tau_selected"):
-        if n in resolved:
-          runs[f"{LABELS[n]}, seed {seeds[0]}"] = dxmi_run_dir(args.workdir, resolved[n][1], seeds[0])
-    if runs:
-      plot_tau_sigmas(runs, os.path.join(args.results, "digits_tau_sigmas.png"))
+    t10 = {n: resolved[n][1] for n in ("dxmi_t10_tau0", "dxmi_t10_tau_selected") if n in resolved}
+    plot_tau_sigmas(
+      tau_sigma_runs(args.workdir, result["tau_study"], seeds[0], t10), os.path.join(args.results, "digits_tau_sigmas.png")
+    )
   result["claims"] = claims(result["rows"])
   if any(n in result["rows"] for n in DXMI_VARIANTS):
     plot_curves(result["rows"], os.path.join(args.results, "digits_curves.png"))

@@ -124,3 +124,12 @@ def test_trace_summary_windows(td, tmp_path):
   assert mid["sigma0_end"] == pytest.approx(0.899) and late["sigma0_end"] == pytest.approx(0.929)
   assert late["policy_grad_norm"] == 2.0 and s["sigma0_start"] == pytest.approx(0.8)
   assert "| x s0 | 21.0, 40.0, 12.0 (1000), 16.0 | 4.0 |" in td.traces_report({("x", 0): s})
+
+
+def test_tau_sigma_runs_show_every_scale_and_distinct_t10_runs(td, tmp_path):
+  study = {"selected_scale": 0.0}
+  runs = td.tau_sigma_runs(str(tmp_path), study, 0, {"dxmi_t10_tau0": "dxmi_t10_tau0", "dxmi_t10_tau_selected": "dxmi_t10_tau0"})
+  names = [os.path.basename(p) for p in runs.values()]
+  # τ = 0 selected: the grid still shows τ > 0 beside it, and the shared T=10 runs appear once
+  assert names == ["dxmi_t4_tau0_s0", "dxmi_t4_tau0.3_s0", "dxmi_t4_s0", "dxmi_t4_tau3_s0", "dxmi_t10_tau0_s0"]
+  assert list(runs)[0] == "T=4, k = 0 (selected), seed 0"
