@@ -984,7 +984,8 @@ def _main(argv=None):
     plot_tau(result["tau_study"], os.path.join(args.results, "digits_tau_val.png"))
     t10 = {n: resolved[n][1] for n in ("dxmi_t10_tau0", "dxmi_t10_tau_selected") if n in resolved}
     plot_tau_sigmas(
-      tau_sigma_runs(args.workdir, result["tau_study"], seeds[0], t10), os.path.join(args.results, "digits_tau_sigmas.png")
+      tau_sigma_runs(args.workdir, result["tau_study"], seeds[0], t10),
+      os.path.join(args.results, "digits_tau_sigmas.png"),
     )
   result["claims"] = claims(result["rows"])
   if any(n in result["rows"] for n in DXMI_VARIANTS):

@@ -110,7 +110,9 @@ def test_trace_summary_windows(td, tmp_path):
     for step in range(0, 1300, 10):
       gap = 0.1 if step < 1000 else 0.5
       rec = {"step": step, "kind": "train", "ebm/pos_e": -gap / 2, "ebm/neg_e": gap / 2, "ebm/v_loss": step / 1000.0}
-      rec.update({"sampler/grad_norm": 2.0, "ebm/grad_norm": 3.0, "sigma/sigma_0": 0.8 + step / 10000, "sigma/sigma_1": 0.1})
+      rec.update(
+        {"sampler/grad_norm": 2.0, "ebm/grad_norm": 3.0, "sigma/sigma_0": 0.8 + step / 10000, "sigma/sigma_1": 0.1}
+      )
       f.write(json.dumps(rec) + "\n")
       if step % 100 == 0:
         fd = {0: 21.0, 100: 40.0, 1000: 12.0}.get(step, 15.0 + (step > 1000))
@@ -128,7 +130,9 @@ def test_trace_summary_windows(td, tmp_path):
 
 def test_tau_sigma_runs_show_every_scale_and_distinct_t10_runs(td, tmp_path):
   study = {"selected_scale": 0.0}
-  runs = td.tau_sigma_runs(str(tmp_path), study, 0, {"dxmi_t10_tau0": "dxmi_t10_tau0", "dxmi_t10_tau_selected": "dxmi_t10_tau0"})
+  runs = td.tau_sigma_runs(
+    str(tmp_path), study, 0, {"dxmi_t10_tau0": "dxmi_t10_tau0", "dxmi_t10_tau_selected": "dxmi_t10_tau0"}
+  )
   names = [os.path.basename(p) for p in runs.values()]
   # τ = 0 selected: the grid still shows τ > 0 beside it, and the shared T=10 runs appear once
   assert names == ["dxmi_t4_tau0_s0", "dxmi_t4_tau0.3_s0", "dxmi_t4_s0", "dxmi_t4_tau3_s0", "dxmi_t10_tau0_s0"]
