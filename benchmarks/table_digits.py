@@ -748,7 +748,8 @@ def trace_summary(run_dir):
   """What the overshoot analysis reads from one run's training traces (val split and training only).
 
   Val FD at the start, at iteration 100, at its best and at the end; then per TRACE_WINDOWS window
-  the mean energy gap E(samples) - E(data), the value (TD) loss, the policy and energy gradient
+  the mean energy gap E(samples) - E(data), the TD loss logged as ebm/v_loss (the iteration's first
+  TD update, as the official trainer logs it), the policy and energy gradient
   norms, and sigma_0 (the first, noisiest step) at the window's end.
   """
   c = learning_curves(run_dir)
