@@ -27,6 +27,16 @@ import numpy as np  # noqa: E402
 from dxmi_jax import writers  # noqa: E402
 
 
+def load_benchmark(name: str):
+  """The module benchmarks/<name>.py (the benchmarks are scripts, not a package)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 def golden_path(name: str) -> pathlib.Path:
   p = GOLDEN / name
   if not p.exists():

@@ -1,19 +1,12 @@
 """The anomaly benchmark's bookkeeping: which methods a group's mean needs (synthetic rows, no training)."""
 
-import importlib.util
-import os
-
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def ta():
-  spec = importlib.util.spec_from_file_location("table_anomaly", os.path.join(REPO, "benchmarks", "table_anomaly.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_benchmark("table_anomaly")
 
 
 META = {"rows_finished": 0, "rows_planned": 0, "machine": "test", "wall_minutes": 0.0, "command": "none"}

@@ -1,20 +1,15 @@
 """The digits benchmark's τ study: the selection rule, on synthetic records (no training, seconds)."""
 
-import importlib.util
 import json
 import os
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def td():
-  spec = importlib.util.spec_from_file_location("table_digits", os.path.join(REPO, "benchmarks", "table_digits.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_benchmark("table_digits")
 
 
 def test_select_tau_smallest_mean_ties_to_smaller(td):
