@@ -739,8 +739,8 @@ def plot_tau_sigmas(runs, path):
 TRACE_WINDOWS = ((0, 150), (150, 1000), (1000, None))
 
 
-def _window_mean(steps, values, lo, hi):
-  v = [x for s, x in zip(steps, values) if x is not None and s >= lo and (hi is None or s < hi)]
+def _mean_at(values, idx):
+  v = [values[i] for i in idx if values[i] is not None]
   return float(np.mean(v)) if v else None
 
 
@@ -767,10 +767,10 @@ def trace_summary(run_dir):
       {
         "from": lo,
         "to": hi,
-        "energy_gap": _window_mean(c["train_step"], gap, lo, hi),
-        "v_loss": _window_mean(c["train_step"], c["v_loss"], lo, hi),
-        "policy_grad_norm": _window_mean(c["train_step"], c["policy_grad_norm"], lo, hi),
-        "ebm_grad_norm": _window_mean(c["train_step"], c["ebm_grad_norm"], lo, hi),
+        "energy_gap": _mean_at(gap, inside),
+        "v_loss": _mean_at(c["v_loss"], inside),
+        "policy_grad_norm": _mean_at(c["policy_grad_norm"], inside),
+        "ebm_grad_norm": _mean_at(c["ebm_grad_norm"], inside),
         "sigma0_end": sigma0[inside[-1]] if inside else None,
       }
     )
