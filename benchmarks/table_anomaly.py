@@ -35,8 +35,8 @@ Groups, with the protocol of each (per seed 0..seeds-1):
 AUROC and AUPRC (anomaly = positive) as mean ± std over seeds.  The claims (DxMI above the
 autoencoder alone, above the Langevin EBM, tau > 0 above tau = 0, and DxMI against kNN) compare
 per-dataset means, and every (dataset, seed) pair of the two methods (the same split, or the same
-data and training seed), with a two-sided sign test over those pairs.  Each (dataset, method) row is cached in ``--workdir`` as it finishes, so a
-stopped run resumes where it stopped.
+data and training seed), with a two-sided sign test over those pairs.  Each (dataset, method) row
+is cached in ``--workdir`` as it finishes, so a stopped run resumes where it stopped.
 """
 
 from __future__ import annotations
