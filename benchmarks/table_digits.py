@@ -53,11 +53,12 @@ Each DxMI row records its ``tau`` (scale, tau1, tau2), config variant and run fo
 row in --rows, the JSON gains ``tau_study`` (every grid run's best val FD and the selection) and
 ``tau_comparison`` (test FD at the best-on-val checkpoint, selected τ against τ=0, seed by seed),
 and results/digits_tau_val.png (best val FD against τ1) and results/digits_tau_sigmas.png (the σ's
-over training for every τ of the grid, the selected one marked) are drawn.  ``--tau_val`` reports the grid on val alone,
-finished or not, without reading the test split; ``--traces`` summarises the DxMI runs of --rows from
-their training traces alone (val FD at the start, at 100, best and last; per iteration window the
-energy gap, TD loss, policy gradient norm and σ₀: the T=10 overshoot analysis).  With --train_only the runs go seed-major (every
-row's seed 0, then seed 1, ...), so that partial results cover the whole grid:
+over training for every τ of the grid, the selected one marked) are drawn.  ``--tau_val`` reports
+the grid on val alone, finished or not, without reading the test split; ``--traces`` summarises
+the DxMI runs of --rows from their training traces alone (val FD at the start, at 100, best and
+last; per iteration window the energy gap, TD loss, policy gradient norm and σ₀: the T=10
+overshoot analysis).  With --train_only the runs go seed-major (every row's seed 0, then seed 1,
+...), so that partial results cover the whole grid:
 
     W=/path/outside/the/checkout
     taskset -c 1 python benchmarks/table_digits.py --workdir=$W --train_only \
